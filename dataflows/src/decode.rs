@@ -1,0 +1,367 @@
+//! Decode: raw records into typed bus events, table upserts and dead letters.
+//!
+//! Input: [`Line`]s (a JSONL line or a Kafka value). Output: one [`Decoded`] per line.
+//! Keeps no state. Dead letters: invalid UTF-8, text over [`MAX_RECORD_BYTES`], text that
+//! is not JSON or not an object, an unknown topic, a missing or wrong-typed field.
+//!
+//! Record shapes (DESIGN §1.1, §1.2, §1.4): a bus envelope
+//! `{"topic","type","ts","payload"}`; a table record `{"topic":"decnet.…","key","value"}`
+//! whose value may be a row, `null` (tombstone) or a Debezium `{"before","after","op"}`;
+//! on Kafka, where the topic is known from the record, a bare payload object.
+//!
+//! The `source_kind` derivation is DECNET's: the first fragment of its topic table
+//! contained in the topic, else the envelope type (for `attacker.fingerprinted`).
+
+use differential_dataflow::AsCollection;
+use timely::dataflow::operators::core::OkErr;
+
+use crate::json::Json;
+use crate::record::{AttackerRow, DeadLetter, Event, Line, Reason, Table, TableRow, TableUpdate};
+use crate::time;
+use crate::types::{Coll, Diff, Scope, Time};
+
+/// Records larger than this are dead letters (`oversize`) rather than parsed.
+pub const MAX_RECORD_BYTES: usize = 4 << 20;
+
+/// Bus topics consumed besides the `canary.<token>.<action>` family.
+pub const BUS_TOPICS: &[&str] = &[
+    "attacker.session.ended",
+    "attacker.observed",
+    "attacker.intel.enriched",
+    "attacker.fingerprinted",
+    "identity.formed",
+    "identity.merged",
+    "identity.unmerged",
+    "identity.observation.linked",
+    "identity.campaign.assigned",
+    "credential.captured",
+    "credential.reuse.detected",
+    "email.received",
+];
+
+/// DECNET's topic fragment → source_kind table, in its order.
+const TOPIC_SOURCE_KIND: &[(&str, &str)] = &[
+    ("session.ended", "session"),
+    ("observed", "session"),
+    ("intel.enriched", "intel"),
+    ("identity.formed", "identity"),
+    ("identity.merged", "identity"),
+    ("reuse.detected", "credential"),
+    ("email.received", "email"),
+    ("canary.", "canary_fingerprint"),
+];
+
+/// Payload fields read as event time, most specific first; the envelope `ts` is the fallback.
+const EVENT_TIME_FIELDS: &[&str] = &["ended_at", "observed_at", "seen_at", "received_at", "first_seen", "ts", "timestamp"];
+
+/// The JSON types a payload field may have.
+#[derive(Clone, Copy)]
+enum Ty {
+    Str,
+    /// A string or a number (ids DECNET passes through `str()`).
+    Id,
+    Arr,
+}
+
+/// Fields the graph reads, with the types they must have when present (null is always allowed).
+const FIELD_TYPES: &[(&str, Ty)] = &[
+    ("attacker_ip", Ty::Str),
+    ("src_ip", Ty::Str),
+    ("attacker_uuid", Ty::Str),
+    ("identity_uuid", Ty::Str),
+    ("decky_id", Ty::Str),
+    ("session_id", Ty::Id),
+    ("source_id", Ty::Id),
+    ("token_id", Ty::Id),
+    ("trigger_id", Ty::Id),
+    ("credential_id", Ty::Id),
+    ("uuid", Ty::Id),
+    ("commands", Ty::Arr),
+];
+
+/// Command object fields and their types.
+const COMMAND_FIELD_TYPES: &[(&str, Ty)] =
+    &[("command_text", Ty::Str), ("text", Ty::Str), ("id", Ty::Id), ("uuid", Ty::Id), ("command_id", Ty::Id)];
+
+/// The result of decoding one record.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Decoded {
+    Event(Event),
+    Table(TableUpdate),
+    Dead(DeadLetter),
+}
+
+/// Whether `topic` is a consumed bus topic.
+pub fn is_bus_topic(topic: &str) -> bool {
+    BUS_TOPICS.contains(&topic) || is_canary_topic(topic)
+}
+
+fn is_canary_topic(topic: &str) -> bool {
+    match topic.strip_prefix("canary.").and_then(|rest| rest.rsplit_once('.')) {
+        Some((token, action)) => !token.is_empty() && matches!(action, "triggered" | "placed" | "revoked"),
+        None => false,
+    }
+}
+
+/// DECNET's `source_kind` for an event; `None` when DECNET tags nothing for it.
+pub fn source_kind(topic: &str, event_type: &str) -> Option<String> {
+    TOPIC_SOURCE_KIND
+        .iter()
+        .find(|(fragment, _)| topic.contains(fragment))
+        .map(|(_, kind)| kind.to_string())
+        .or_else(|| (topic == "attacker.fingerprinted" && !event_type.is_empty()).then(|| event_type.to_string()))
+}
+
+/// The stage's outputs.
+pub struct Decodes<'s> {
+    pub events: Coll<'s, Event>,
+    pub tables: Coll<'s, TableUpdate>,
+    pub dead_letters: Coll<'s, DeadLetter>,
+}
+
+impl<'s> Decodes<'s> {
+    /// The outputs, moved out of the stage's region into `outer`.
+    pub fn leave<'o>(self, outer: Scope<'o>) -> Decodes<'o> {
+        Decodes {
+            events: self.events.leave_region(outer),
+            tables: self.tables.leave_region(outer),
+            dead_letters: self.dead_letters.leave_region(outer),
+        }
+    }
+}
+
+/// The stage: each record decoded once, then split three ways without copies.
+pub fn stage<'s>(lines: Coll<'s, Line>) -> Decodes<'s> {
+    let (oks, dead_letters) = lines.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(line, time, diff): (Line, Time, Diff)| match decode(line) {
+        Decoded::Dead(dead) => Err((dead, time, diff)),
+        other => Ok((other, time, diff)),
+    });
+    let (events, tables) = oks.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(decoded, time, diff): (Decoded, Time, Diff)| match decoded {
+        Decoded::Event(event) => Ok((event, time, diff)),
+        Decoded::Table(update) => Err((update, time, diff)),
+        Decoded::Dead(_) => unreachable!("dead letters were split off above"),
+    });
+    Decodes {
+        events: events.as_collection(),
+        tables: tables.as_collection(),
+        dead_letters: dead_letters.as_collection(),
+    }
+}
+
+/// Decodes one record.
+pub fn decode(line: Line) -> Decoded {
+    let pos = line.pos;
+    let dead = |topic: Option<String>, reason: Reason, detail: String| Decoded::Dead(DeadLetter { pos, topic, reason, detail });
+    let text = match line.text {
+        Ok(text) => text,
+        Err(detail) => return dead(line.topic, Reason::InvalidUtf8, detail),
+    };
+    if text.len() > MAX_RECORD_BYTES {
+        return dead(line.topic, Reason::Oversize, format!("record of {} bytes exceeds {MAX_RECORD_BYTES}", text.len()));
+    }
+    let value = match Json::parse(&text) {
+        Ok(v) => v,
+        Err(e) => return dead(line.topic, Reason::InvalidJson, e.0),
+    };
+    if !matches!(value, Json::Obj(_)) {
+        return dead(line.topic, Reason::NotAnObject, format!("record is a JSON {}", value.type_name()));
+    }
+    let topic = match (line.topic, value.get("topic")) {
+        (Some(t), _) => t,
+        (None, Some(Json::Str(t))) => t.clone(),
+        (None, Some(other)) => return dead(None, Reason::WrongType, format!("field \"topic\" is {}, expected string", other.type_name())),
+        (None, None) => return dead(None, Reason::MissingField, "record has no \"topic\"".to_string()),
+    };
+    let result = if let Some(table) = Table::from_topic(&topic) {
+        decode_table(pos, table, &value).map(Decoded::Table)
+    } else if is_bus_topic(&topic) {
+        decode_event(pos, &topic, value).map(Decoded::Event)
+    } else {
+        Err((Reason::UnknownTopic, format!("topic \"{topic}\" is not consumed")))
+    };
+    result.unwrap_or_else(|(reason, detail)| dead(Some(topic), reason, detail))
+}
+
+type DecodeResult<T> = Result<T, (Reason, String)>;
+
+fn wrong_type(field: &str, value: &Json, expected: &str) -> (Reason, String) {
+    (Reason::WrongType, format!("field \"{field}\" is {}, expected {expected}", value.type_name()))
+}
+
+fn decode_event(pos: crate::record::Pos, topic: &str, value: Json) -> DecodeResult<Event> {
+    let event_type = match value.get("type") {
+        None | Some(Json::Null) => String::new(),
+        Some(Json::Str(s)) => s.clone(),
+        Some(other) => return Err(wrong_type("type", other, "string")),
+    };
+    let envelope_ts = match value.get("ts") {
+        None | Some(Json::Null) => None,
+        Some(ts @ Json::Num(_)) => time::from_json(ts),
+        Some(other) => return Err(wrong_type("ts", other, "number")),
+    };
+    let payload = match value.get("payload") {
+        Some(p @ Json::Obj(_)) => p.clone(),
+        Some(other) => return Err(wrong_type("payload", other, "object")),
+        // A bare object (Kafka) is its own payload; a file line must say which topic it is on.
+        None if value.has("topic") => return Err((Reason::MissingField, "envelope has no \"payload\"".to_string())),
+        None => value,
+    };
+    check_fields(&payload, FIELD_TYPES, "")?;
+    if let Some(Json::Arr(commands)) = payload.get("commands") {
+        for (idx, command) in commands.iter().enumerate() {
+            match command {
+                Json::Str(_) => {}
+                Json::Obj(_) => check_fields(command, COMMAND_FIELD_TYPES, &format!("commands[{idx}].", idx = idx))?,
+                other => return Err(wrong_type(&format!("commands[{idx}]"), other, "string or object")),
+            }
+        }
+    }
+    if topic == "attacker.fingerprinted" && event_type.is_empty() {
+        return Err((Reason::MissingField, "attacker.fingerprinted envelope has no \"type\"".to_string()));
+    }
+    let event_time = EVENT_TIME_FIELDS
+        .iter()
+        .find_map(|f| payload.get(f).and_then(time::from_json))
+        .or(envelope_ts);
+    Ok(Event {
+        pos,
+        topic: topic.to_string(),
+        source_kind: source_kind(topic, &event_type),
+        event_type,
+        event_time,
+        payload,
+    })
+}
+
+fn check_fields(object: &Json, fields: &[(&str, Ty)], prefix: &str) -> DecodeResult<()> {
+    for (field, ty) in fields {
+        let Some(value) = object.get(field) else { continue };
+        let ok = match (ty, value) {
+            (_, Json::Null) => true,
+            (Ty::Str, Json::Str(_)) => true,
+            (Ty::Id, Json::Str(_) | Json::Num(_)) => true,
+            (Ty::Arr, Json::Arr(_)) => true,
+            _ => false,
+        };
+        if !ok {
+            let expected = match ty {
+                Ty::Str => "string",
+                Ty::Id => "string or number",
+                Ty::Arr => "array",
+            };
+            return Err(wrong_type(&format!("{prefix}{field}"), value, expected));
+        }
+    }
+    Ok(())
+}
+
+fn decode_table(pos: crate::record::Pos, table: Table, record: &Json) -> DecodeResult<TableUpdate> {
+    let key = match record.get("key") {
+        Some(Json::Str(k)) => k.clone(),
+        Some(Json::Num(n)) => n.clone(),
+        Some(other) => return Err(wrong_type("key", other, "string")),
+        None => return Err((Reason::MissingField, "table record has no \"key\"".to_string())),
+    };
+    let value = match record.get("value") {
+        None => return Err((Reason::MissingField, "table record has no \"value\"".to_string())),
+        Some(v) => v,
+    };
+    // A Debezium change envelope carries the row in `after` (null on delete).
+    let row = match value {
+        Json::Obj(_) if value.has("op") && (value.has("after") || value.has("before")) => value.get("after").unwrap_or(&Json::Null),
+        _ => value,
+    };
+    let row = match row {
+        Json::Null => None,
+        Json::Obj(_) => Some(decode_row(table, &key, row)?),
+        other => return Err(wrong_type("value", other, "object or null")),
+    };
+    Ok(TableUpdate { pos, table, key, row })
+}
+
+fn decode_row(table: Table, key: &str, row: &Json) -> DecodeResult<TableRow> {
+    let opt_str = |field: &str| -> DecodeResult<Option<String>> {
+        match row.get(field) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::Str(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(wrong_type(field, other, "string")),
+        }
+    };
+    match table {
+        Table::Attackers => Ok(TableRow::Attacker(AttackerRow {
+            uuid: opt_str("uuid")?.unwrap_or_else(|| key.to_string()),
+            ip: opt_str("ip")?,
+            identity_id: opt_str("identity_id")?,
+        })),
+        Table::Identities | Table::Campaigns => {
+            opt_str("uuid")?;
+            opt_str("merged_into_uuid")?;
+            opt_str("campaign_id")?;
+            Ok(TableRow::Other(row.clone()))
+        }
+        Table::Intel => {
+            check_fields(row, FIELD_TYPES, "")?;
+            Ok(TableRow::Other(row.clone()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Pos;
+
+    fn line(text: &str) -> Line {
+        Line { pos: Pos { input: 0, offset: 7 }, topic: None, text: Ok(text.to_string()) }
+    }
+
+    fn reason(text: &str) -> Reason {
+        match decode(line(text)) {
+            Decoded::Dead(d) => d.reason,
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn source_kinds_follow_decnet() {
+        assert_eq!(source_kind("attacker.session.ended", ""), Some("session".into()));
+        assert_eq!(source_kind("attacker.observed", ""), Some("session".into()));
+        assert_eq!(source_kind("canary.tok-1.triggered", ""), Some("canary_fingerprint".into()));
+        assert_eq!(source_kind("attacker.fingerprinted", "http_request"), Some("http_request".into()));
+        assert_eq!(source_kind("identity.unmerged", ""), None);
+        assert_eq!(source_kind("credential.captured", ""), None);
+    }
+
+    #[test]
+    fn decodes_an_envelope() {
+        let d = decode(line(r#"{"topic":"attacker.session.ended","type":"session.ended","payload":{"attacker_ip":"1.2.3.4","ended_at":"2026-01-01T00:00:00Z"}}"#));
+        let Decoded::Event(e) = d else { panic!("{d:?}") };
+        assert_eq!(e.source_kind.as_deref(), Some("session"));
+        assert_eq!(e.event_time, Some(1_767_225_600_000_000));
+        assert_eq!(e.str_field("attacker_ip"), Some("1.2.3.4"));
+    }
+
+    #[test]
+    fn decodes_table_records_and_debezium() {
+        let d = decode(line(r#"{"topic":"decnet.attackers","key":"a1","value":{"uuid":"a1","ip":"1.2.3.4","identity_id":null}}"#));
+        assert!(matches!(d, Decoded::Table(TableUpdate { row: Some(TableRow::Attacker(AttackerRow { .. })), .. })));
+        let d = decode(line(r#"{"topic":"decnet.attackers","key":"a1","value":{"before":{"uuid":"a1"},"after":null,"op":"d"}}"#));
+        assert!(matches!(d, Decoded::Table(TableUpdate { row: None, .. })));
+    }
+
+    #[test]
+    fn bad_records_are_dead_letters() {
+        assert_eq!(reason("not json"), Reason::InvalidJson);
+        assert_eq!(reason("[1,2]"), Reason::NotAnObject);
+        assert_eq!(reason(r#"{"payload":{}}"#), Reason::MissingField);
+        assert_eq!(reason(r#"{"topic":"system.ttp.health","payload":{}}"#), Reason::UnknownTopic);
+        assert_eq!(reason(r#"{"topic":"attacker.observed","payload":{"attacker_ip":5}}"#), Reason::WrongType);
+        assert_eq!(reason(r#"{"topic":"attacker.session.ended","payload":{"commands":[1]}}"#), Reason::WrongType);
+        assert_eq!(reason(r#"{"topic":"attacker.session.ended","payload":{"commands":[{"command_text":["x"]}]}}"#), Reason::WrongType);
+        assert_eq!(reason(r#"{"topic":"attacker.session.ended","payload":[]}"#), Reason::WrongType);
+        assert_eq!(reason(r#"{"topic":"decnet.attackers","key":"a","value":{"ip":7}}"#), Reason::WrongType);
+        assert_eq!(reason(r#"{"topic":"attacker.fingerprinted","payload":{}}"#), Reason::MissingField);
+        let bad_utf8 = Line { pos: Pos::default(), topic: None, text: Err("invalid utf-8 at byte 3".into()) };
+        assert!(matches!(decode(bad_utf8), Decoded::Dead(DeadLetter { reason: Reason::InvalidUtf8, .. })));
+    }
+}

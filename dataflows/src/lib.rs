@@ -1,0 +1,70 @@
+//! The ttpflow graph: honeypot bus records in, stored ATT&CK technique tags out.
+//!
+//! ```text
+//! records ─ decode ─┬─ events ── anchor (⋈ attackers by ip) ── fan-out (session → commands)
+//!                   │                                              │
+//!                   └─ table updates → attackers arrangement       detect: one compiled rule
+//!                                                                  set per source kind
+//!                                                                          │
+//!                                               store: tags distinct by uuid, insert-only,
+//!                                               earliest record wins
+//! ```
+//!
+//! Timely timestamps are epochs (one per source batch); event time is data. Every stage
+//! is a function from collections to collections in its own module, whose doc states
+//! its contract. Nothing here performs I/O: sources and sinks live in the `ttpflow`
+//! crate and attach to [`Outputs`].
+
+pub mod anchor;
+pub mod decode;
+pub mod fanout;
+pub mod json;
+pub mod pyregex;
+pub mod record;
+pub mod rules;
+pub mod store;
+pub mod tagid;
+pub mod time;
+pub mod types;
+
+use std::sync::Arc;
+
+use record::{DeadLetter, Event, Line, Tag};
+use rules::RulePack;
+use types::Coll;
+
+/// What the graph hands to the sinks.
+pub struct Outputs<'s> {
+    /// Stored tags: each uuid once, insertions only.
+    pub tags: Coll<'s, Tag>,
+    /// Records that could not be used, as soon as that is known.
+    pub dead_letters: Coll<'s, DeadLetter>,
+    /// Events still waiting for their IP to resolve to an attacker.
+    pub pending: Coll<'s, (String, Event)>,
+}
+
+/// Builds the graph over a collection of raw records.
+pub fn build<'s>(records: Coll<'s, Line>, pack: Arc<RulePack>) -> Outputs<'s> {
+    let scope = records.scope();
+    let decoded = scope.region_named("decode", |r| decode::stage(records.enter_region(r)).leave(scope));
+    let anchored = scope.region_named("anchor", |r| {
+        anchor::stage(decoded.events.enter_region(r), decoded.tables.enter_region(r)).leave(scope)
+    });
+    let subjects = scope.region_named("fan-out", |r| fanout::stage(anchored.events.enter_region(r)).leave_region(scope));
+    let tags = scope.region_named("detect", |r| detect(subjects.enter_region(r), pack).leave_region(scope));
+    let stored = scope.region_named("store", |r| store::stage(tags.enter_region(r)).leave_region(scope));
+    Outputs {
+        tags: stored,
+        dead_letters: decoded.dead_letters.concat(anchored.dead_letters),
+        pending: anchored.pending,
+    }
+}
+
+/// Detect: every subject through the rule set of its source kind, in one operator.
+fn detect<'s>(subjects: Coll<'s, record::Subject>, pack: Arc<RulePack>) -> Coll<'s, Tag> {
+    subjects.flat_map(move |subject| {
+        let mut tags = Vec::new();
+        pack.evaluate(&subject, &mut tags);
+        tags
+    })
+}

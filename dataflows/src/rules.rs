@@ -1,0 +1,318 @@
+//! Compiled rule packs and their evaluation: rules are data evaluated inside one operator.
+//!
+//! A [`RulePack`] holds every rule of a pack (regex rules and the structured `lifter:*`
+//! rules alike) plus, per source kind, the regex rules that apply to it, compiled once.
+//! Evaluating a [`Subject`] runs only the rules of its kind, in pack order, and builds
+//! tags exactly as DECNET's engine does: the match field (the rule's `field`, else the
+//! kind's default), evidence = the rule's evidence fields present in the payload, then
+//! `uid`/`user`/`src`/`pwd` on commands; confidence clipped by the rule state; tags under
+//! the 0.3 floor are dropped (0.3 is kept).
+
+use std::collections::BTreeMap;
+
+use crate::json::Json;
+use crate::pyregex::PyRegex;
+use crate::record::{Confidence, Subject, Tag};
+use crate::tagid::tag_uuid;
+
+/// Tags below this confidence are never stored (DESIGN §2.2).
+pub const CONFIDENCE_FLOOR: f64 = 0.3;
+
+/// The ATT&CK release DECNET stamps on tags.
+pub const DEFAULT_ATTACK_RELEASE: &str = "v15.1";
+
+/// One `emits` entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Emit {
+    pub tactic: String,
+    pub technique_id: String,
+    pub sub_technique_id: Option<String>,
+    pub confidence: f64,
+}
+
+/// How a rule decides that it fires.
+#[derive(Clone, Debug)]
+pub enum Matcher {
+    /// `match: {field, pattern}`: a Python-semantics regex search on one payload field.
+    Regex { field: Option<String>, regex: PyRegex },
+    /// `match: {kind: "lifter:…", …params}`: a structured predicate, with its parameters.
+    Structured { kind: String, params: Json },
+}
+
+/// Operational state of a rule (DECNET's `RuleState`), resolved when the pack loads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RuleState {
+    pub mode: StateMode,
+    /// Ceiling on emitted confidence while `Clipped`.
+    pub confidence_max: Option<f64>,
+    /// Whether the state's `expires_at` had passed when the pack loaded.
+    pub expired: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateMode {
+    #[default]
+    Enabled,
+    Disabled,
+    Clipped,
+}
+
+impl RuleState {
+    /// Disabled or expired rules emit nothing (DESIGN §2.2).
+    pub fn is_active(&self) -> bool {
+        self.mode != StateMode::Disabled && !self.expired
+    }
+
+    /// DECNET's `apply_ceiling`: a clip only ever lowers confidence.
+    pub fn apply_ceiling(&self, base: f64) -> f64 {
+        match (self.mode, self.confidence_max) {
+            (StateMode::Clipped, Some(ceiling)) if ceiling < 1.0 => base.min(ceiling),
+            _ => base,
+        }
+    }
+}
+
+/// A compiled rule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub rule_id: String,
+    pub rule_version: i64,
+    pub name: String,
+    pub description: String,
+    pub applies_to: Vec<String>,
+    pub matcher: Matcher,
+    pub emits: Vec<Emit>,
+    pub evidence_fields: Vec<String>,
+    pub state: RuleState,
+}
+
+/// A loaded pack: every rule, and the regex rules of each source kind.
+#[derive(Clone, Debug)]
+pub struct RulePack {
+    rules: Vec<Rule>,
+    attack_release: String,
+    regex_by_kind: BTreeMap<String, Vec<usize>>,
+}
+
+/// DECNET's default match field per source kind for `pattern` rules.
+pub fn default_match_field(source_kind: &str) -> Option<&'static str> {
+    Some(match source_kind {
+        "command" => "command_text",
+        "http_request" => "raw_url",
+        "email" => "subject",
+        "intel" => "verdict",
+        "canary_fingerprint" => "ua_signature",
+        "auth_attempt" => "username",
+        "payload" => "payload_text",
+        _ => return None,
+    })
+}
+
+/// Fields DECNET adds to the evidence of every tag of a kind.
+fn aux_evidence_fields(source_kind: &str) -> &'static [&'static str] {
+    match source_kind {
+        "command" => &["uid", "user", "src", "pwd"],
+        _ => &[],
+    }
+}
+
+impl RulePack {
+    pub fn new(rules: Vec<Rule>, attack_release: impl Into<String>) -> RulePack {
+        let mut regex_by_kind: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (idx, rule) in rules.iter().enumerate() {
+            if matches!(rule.matcher, Matcher::Regex { .. }) {
+                for kind in &rule.applies_to {
+                    regex_by_kind.entry(kind.clone()).or_default().push(idx);
+                }
+            }
+        }
+        RulePack { rules, attack_release: attack_release.into(), regex_by_kind }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn attack_release(&self) -> &str {
+        &self.attack_release
+    }
+
+    /// Appends to `out` the tags the pack's regex rules emit for `subject`.
+    pub fn evaluate(&self, subject: &Subject, out: &mut Vec<Tag>) {
+        let Some(indices) = self.regex_by_kind.get(&subject.source_kind) else { return };
+        for &idx in indices {
+            let rule = &self.rules[idx];
+            if rule.state.is_active() && regex_fires(rule, subject) {
+                self.emit(idx, subject, out);
+            }
+        }
+    }
+
+    /// Whether rule `idx` is a regex rule whose pattern matches `payload` for `source_kind`
+    /// (used by `rules check` to run a rule's embedded examples).
+    pub fn rule_matches(&self, idx: usize, source_kind: &str, payload: &Json) -> bool {
+        let subject = Subject {
+            pos: Default::default(),
+            part: 0,
+            source_kind: source_kind.to_string(),
+            source_id: String::new(),
+            attacker_uuid: None,
+            identity_uuid: None,
+            session_id: None,
+            decky_id: None,
+            event_time: None,
+            payload: payload.clone(),
+        };
+        regex_fires(&self.rules[idx], &subject)
+    }
+
+    /// One tag per emit of rule `idx`, as DECNET's engine builds them.
+    fn emit(&self, idx: usize, subject: &Subject, out: &mut Vec<Tag>) {
+        let rule = &self.rules[idx];
+        let evidence = evidence(rule, subject);
+        for (e, emit) in rule.emits.iter().enumerate() {
+            let confidence = rule.state.apply_ceiling(emit.confidence);
+            if confidence < CONFIDENCE_FLOOR {
+                continue;
+            }
+            let uuid = tag_uuid(
+                &subject.source_kind,
+                &subject.source_id,
+                &rule.rule_id,
+                rule.rule_version,
+                &emit.technique_id,
+                emit.sub_technique_id.as_deref(),
+            );
+            out.push(Tag {
+                pos: subject.pos,
+                part: subject.part,
+                emit: (idx as u32) << 8 | e as u32,
+                uuid: uuid.into_bytes(),
+                source_kind: subject.source_kind.clone(),
+                source_id: subject.source_id.clone(),
+                attacker_uuid: subject.attacker_uuid.clone(),
+                identity_uuid: subject.identity_uuid.clone(),
+                session_id: subject.session_id.clone(),
+                decky_id: subject.decky_id.clone(),
+                tactic: emit.tactic.clone(),
+                technique_id: emit.technique_id.clone(),
+                sub_technique_id: emit.sub_technique_id.clone(),
+                confidence: Confidence(confidence),
+                rule_id: rule.rule_id.clone(),
+                rule_version: rule.rule_version,
+                evidence: evidence.clone(),
+                attack_release: self.attack_release.clone(),
+                observed_at: subject.event_time,
+            });
+        }
+    }
+}
+
+fn regex_fires(rule: &Rule, subject: &Subject) -> bool {
+    let Matcher::Regex { field, regex } = &rule.matcher else { return false };
+    let field = match field.as_deref().filter(|f| !f.is_empty()) {
+        Some(f) => f,
+        None => match default_match_field(&subject.source_kind) {
+            Some(f) => f,
+            None => return false,
+        },
+    };
+    match subject.payload.get(field) {
+        Some(Json::Str(haystack)) => regex.is_match(haystack),
+        _ => false,
+    }
+}
+
+/// The rule's evidence fields present in the payload, then the kind's auxiliary fields.
+fn evidence(rule: &Rule, subject: &Subject) -> Json {
+    let mut fields: Vec<(String, Json)> = Vec::new();
+    let names = rule.evidence_fields.iter().map(String::as_str).chain(aux_evidence_fields(&subject.source_kind).iter().copied());
+    for name in names {
+        if fields.iter().any(|(k, _)| k == name) {
+            continue;
+        }
+        if let Some(value) = subject.payload.get(name) {
+            fields.push((name.to_string(), value.clone()));
+        }
+    }
+    Json::Obj(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(pattern: &str, state: RuleState) -> Rule {
+        Rule {
+            rule_id: "X0001".into(),
+            rule_version: 1,
+            name: "x".into(),
+            description: String::new(),
+            applies_to: vec!["command".into()],
+            matcher: Matcher::Regex { field: None, regex: PyRegex::new(pattern).unwrap() },
+            emits: vec![
+                Emit { tactic: "TA0007".into(), technique_id: "T1083".into(), sub_technique_id: None, confidence: 0.9 },
+                Emit { tactic: "TA0006".into(), technique_id: "T1003".into(), sub_technique_id: Some("T1003.008".into()), confidence: 0.3 },
+            ],
+            evidence_fields: vec!["command_text".into(), "missing".into(), "user".into()],
+            state,
+        }
+    }
+
+    fn subject(payload: &str) -> Subject {
+        Subject {
+            pos: Default::default(),
+            part: 1,
+            source_kind: "command".into(),
+            source_id: "s#0".into(),
+            attacker_uuid: Some("a".into()),
+            identity_uuid: None,
+            session_id: Some("s".into()),
+            decky_id: None,
+            event_time: None,
+            payload: Json::parse(payload).unwrap(),
+        }
+    }
+
+    fn run(state: RuleState, payload: &str) -> Vec<Tag> {
+        let pack = RulePack::new(vec![rule(r"\bcat\s+/etc/shadow\b", state)], DEFAULT_ATTACK_RELEASE);
+        let mut out = Vec::new();
+        pack.evaluate(&subject(payload), &mut out);
+        out
+    }
+
+    #[test]
+    fn evidence_is_rule_fields_then_aux_fields() {
+        let tags = run(RuleState::default(), r#"{"command_text":"cat /etc/shadow","user":"root","pwd":"/","uid":"0","id":"x"}"#);
+        assert_eq!(tags.len(), 2);
+        assert_eq!(
+            tags[0].evidence.to_json_string(),
+            r#"{"command_text":"cat /etc/shadow","user":"root","uid":"0","pwd":"/"}"#
+        );
+        assert_eq!(tags[1].confidence, Confidence(0.3), "0.3 is kept");
+    }
+
+    #[test]
+    fn non_string_fields_never_match() {
+        assert!(run(RuleState::default(), r#"{"command_text":null}"#).is_empty());
+        assert!(run(RuleState::default(), r#"{"command_text":["cat /etc/shadow"]}"#).is_empty());
+    }
+
+    #[test]
+    fn clipping_lowers_confidence_and_the_floor_drops() {
+        let clipped = RuleState { mode: StateMode::Clipped, confidence_max: Some(0.5), expired: false };
+        let tags = run(clipped, r#"{"command_text":"cat /etc/shadow"}"#);
+        assert_eq!(tags.len(), 2);
+        assert_eq!(tags[0].confidence, Confidence(0.5));
+        let low = RuleState { mode: StateMode::Clipped, confidence_max: Some(0.2), expired: false };
+        assert!(run(low, r#"{"command_text":"cat /etc/shadow"}"#).is_empty());
+    }
+
+    #[test]
+    fn disabled_and_expired_rules_emit_nothing() {
+        let disabled = RuleState { mode: StateMode::Disabled, ..Default::default() };
+        assert!(run(disabled, r#"{"command_text":"cat /etc/shadow"}"#).is_empty());
+        let expired = RuleState { expired: true, ..Default::default() };
+        assert!(run(expired, r#"{"command_text":"cat /etc/shadow"}"#).is_empty());
+    }
+}

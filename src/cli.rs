@@ -1,0 +1,160 @@
+//! The command line: `ttpflow run` and `ttpflow rules check`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use tracing::info;
+
+use crate::rules::{self, LoadOptions, LoadedPack};
+use crate::runtime::{self, RunOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "ttpflow", version, about = "Honeypot fleet events to MITRE ATT&CK technique tags")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the job (embedded: JSONL inputs to an output directory).
+    Run(RunArgs),
+    /// Work with rule packs.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Load a pack, report every problem per file and run each rule's examples.
+    Check {
+        /// The rules directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Rules directory (DECNET's YAML format).
+    #[arg(long, default_value = "rules")]
+    pub rules: PathBuf,
+    /// JSONL input, repeatable, read in the order given (`-` = standard input).
+    #[arg(long = "input", default_value = "examples/fleet.jsonl")]
+    pub inputs: Vec<PathBuf>,
+    /// Output directory for tags.jsonl and dead_letters.jsonl.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Timely worker threads.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    pub workers: usize,
+    /// Records per epoch.
+    #[arg(long, default_value_t = 16_384)]
+    pub epoch_records: u64,
+    /// Rule state file: rule id → {state, confidence_max, expires_at, reason, set_by}.
+    #[arg(long)]
+    pub rule_state: Option<PathBuf>,
+    /// ATT&CK release stamped on tags.
+    #[arg(long, default_value = ttpflow_dataflows::rules::DEFAULT_ATTACK_RELEASE)]
+    pub attack_release: String,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs a parsed command line.
+pub fn main(cli: Cli) -> Result<ExitCode, BoxError> {
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Rules { command: RulesCommand::Check { dir } } => check(&dir),
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
+    let mut options = LoadOptions { attack_release: args.attack_release.clone(), ..LoadOptions::default() };
+    if let Some(file) = &args.rule_state {
+        options.states = rules::load_states(file, now_micros())?;
+    }
+    let loaded = rules::load(&args.rules, &options)?;
+    info!(rules = loaded.pack.rules().len(), dir = %args.rules.display(), "loaded rule pack");
+    let summary = runtime::run_files(RunOptions {
+        inputs: args.inputs,
+        out: args.out,
+        workers: args.workers,
+        epoch_records: args.epoch_records,
+        pack: Arc::new(loaded.pack),
+    })?;
+    println!(
+        "records={} tags={} dead_letters={} elapsed_s={:.3} records_per_s={:.0}",
+        summary.records,
+        summary.tags,
+        summary.dead_letters,
+        summary.elapsed.as_secs_f64(),
+        summary.records_per_second()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The outcome of running a pack's examples.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    pub passed: usize,
+    pub failures: Vec<String>,
+    /// Examples of structured (`lifter:*`) rules, which this check does not evaluate.
+    pub not_evaluated: usize,
+}
+
+/// Runs every rule's embedded examples.
+pub fn run_examples(loaded: &LoadedPack) -> CheckReport {
+    let mut report = CheckReport::default();
+    for (idx, rule) in loaded.pack.rules().iter().enumerate() {
+        let examples = &loaded.examples[idx];
+        if !matches!(rule.matcher, ttpflow_dataflows::rules::Matcher::Regex { .. }) {
+            report.not_evaluated += examples.must_match.len() + examples.must_not_match.len();
+            continue;
+        }
+        let kind = rule.applies_to.first().map(String::as_str).unwrap_or_default();
+        let cases = examples.must_match.iter().map(|p| (p, true)).chain(examples.must_not_match.iter().map(|p| (p, false)));
+        for (payload, want) in cases {
+            if loaded.pack.rule_matches(idx, kind, payload) == want {
+                report.passed += 1;
+            } else {
+                let verb = if want { "should match but does not" } else { "should not match but does" };
+                report.failures.push(format!("{}: rule \"{}\": example {verb}: {}", loaded.files[idx], rule.rule_id, payload.to_json_string()));
+            }
+        }
+    }
+    report
+}
+
+fn check(dir: &Path) -> Result<ExitCode, BoxError> {
+    let loaded = match rules::load(dir, &LoadOptions::default()) {
+        Ok(loaded) => loaded,
+        Err(rules::LoadError::Invalid { problems, .. }) => {
+            for problem in &problems {
+                println!("error: {problem}");
+            }
+            println!("{} problem(s); the pack does not load", problems.len());
+            return Ok(ExitCode::from(1));
+        }
+        Err(other) => return Err(other.into()),
+    };
+    let report = run_examples(&loaded);
+    for failure in &report.failures {
+        println!("fail: {failure}");
+    }
+    println!(
+        "{} rules loaded; {} examples passed, {} failed, {} of structured rules not evaluated",
+        loaded.pack.rules().len(),
+        report.passed,
+        report.failures.len(),
+        report.not_evaluated
+    );
+    Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

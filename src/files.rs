@@ -1,0 +1,186 @@
+//! Embedded input and output: JSONL files in, JSONL files out (DESIGN §1.4, §1.5).
+//!
+//! Inputs are read in the order given, one record per line; a line's offset is its
+//! 0-based index in its file (`-` is standard input). Outputs go to a directory:
+//! `tags.jsonl` (one stored tag per line, DECNET's tag fields plus `observed_at`) and
+//! `dead_letters.jsonl` (input, line, topic, reason, detail).
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use ttpflow_dataflows::json::{write_str, Json};
+use ttpflow_dataflows::record::{DeadLetter, Line, Pos, Tag};
+use ttpflow_dataflows::time::format_rfc3339;
+
+/// Errors of the file source and sinks.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("failed to open input \"{}\"", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to read input \"{}\" at line {line}", path.display())]
+    Read {
+        path: PathBuf,
+        line: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to write \"{}\"", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Reads the lines of the inputs, in order, as records.
+pub struct LineSource {
+    inputs: Vec<PathBuf>,
+    current: Option<(u32, u64, Box<dyn BufRead>)>,
+    next_input: usize,
+    buf: Vec<u8>,
+}
+
+impl LineSource {
+    pub fn new(inputs: Vec<PathBuf>) -> LineSource {
+        LineSource { inputs, current: None, next_input: 0, buf: Vec::new() }
+    }
+
+    fn open(path: &Path) -> Result<Box<dyn BufRead>, FileError> {
+        if path == Path::new("-") {
+            return Ok(Box::new(BufReader::with_capacity(1 << 20, io::stdin())));
+        }
+        let file = File::open(path).map_err(|source| FileError::Open { path: path.to_path_buf(), source })?;
+        Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
+    }
+
+    /// The next record, `None` at the end of the last input. Blank lines are skipped
+    /// (their offsets are kept, so line numbers stay true).
+    pub fn next_line(&mut self) -> Result<Option<Line>, FileError> {
+        loop {
+            let Some((input, offset, reader)) = &mut self.current else {
+                let Some(path) = self.inputs.get(self.next_input) else { return Ok(None) };
+                self.current = Some((self.next_input as u32, 0, LineSource::open(path)?));
+                self.next_input += 1;
+                continue;
+            };
+            self.buf.clear();
+            let read = reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| FileError::Read { path: self.inputs[*input as usize].clone(), line: *offset + 1, source })?;
+            if read == 0 {
+                self.current = None;
+                continue;
+            }
+            let pos = Pos { input: *input, offset: *offset };
+            *offset += 1;
+            while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
+                self.buf.pop();
+            }
+            if self.buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let text = String::from_utf8(std::mem::take(&mut self.buf)).map_err(|e| format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()));
+            return Ok(Some(Line { pos, topic: None, text }));
+        }
+    }
+}
+
+/// A JSONL output file.
+pub struct JsonlWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    line: String,
+    pub written: u64,
+}
+
+impl JsonlWriter {
+    pub fn create(path: PathBuf) -> Result<JsonlWriter, FileError> {
+        let file = File::create(&path).map_err(|source| FileError::Write { path: path.clone(), source })?;
+        Ok(JsonlWriter { path, out: BufWriter::with_capacity(1 << 20, file), line: String::new(), written: 0 })
+    }
+
+    /// Writes one line built by `build`.
+    pub fn write_with(&mut self, build: impl FnOnce(&mut String)) -> Result<(), FileError> {
+        self.line.clear();
+        build(&mut self.line);
+        self.line.push('\n');
+        self.written += 1;
+        self.out.write_all(self.line.as_bytes()).map_err(|source| FileError::Write { path: self.path.clone(), source })
+    }
+
+    pub fn finish(mut self) -> Result<u64, FileError> {
+        self.out.flush().map_err(|source| FileError::Write { path: self.path.clone(), source })?;
+        Ok(self.written)
+    }
+}
+
+fn opt_str(value: &Option<String>, out: &mut String) {
+    match value {
+        Some(s) => write_str(s, out),
+        None => out.push_str("null"),
+    }
+}
+
+/// A stored tag as one JSON object with DECNET's tag fields plus `observed_at`.
+pub fn tag_json(tag: &Tag, out: &mut String) {
+    let uuid = uuid::Uuid::from_bytes(tag.uuid);
+    out.push_str("{\"uuid\":\"");
+    out.push_str(uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+    out.push_str("\",\"source_kind\":");
+    write_str(&tag.source_kind, out);
+    out.push_str(",\"source_id\":");
+    write_str(&tag.source_id, out);
+    for (name, value) in [
+        ("attacker_uuid", &tag.attacker_uuid),
+        ("identity_uuid", &tag.identity_uuid),
+        ("session_id", &tag.session_id),
+        ("decky_id", &tag.decky_id),
+    ] {
+        out.push_str(",\"");
+        out.push_str(name);
+        out.push_str("\":");
+        opt_str(value, out);
+    }
+    out.push_str(",\"tactic\":");
+    write_str(&tag.tactic, out);
+    out.push_str(",\"technique_id\":");
+    write_str(&tag.technique_id, out);
+    out.push_str(",\"sub_technique_id\":");
+    opt_str(&tag.sub_technique_id, out);
+    out.push_str(&format!(",\"confidence\":{:?}", tag.confidence.0));
+    out.push_str(",\"rule_id\":");
+    write_str(&tag.rule_id, out);
+    out.push_str(&format!(",\"rule_version\":{}", tag.rule_version));
+    out.push_str(",\"evidence\":");
+    tag.evidence.write_to(out);
+    out.push_str(",\"attack_release\":");
+    write_str(&tag.attack_release, out);
+    out.push_str(",\"observed_at\":");
+    opt_str(&tag.observed_at.map(format_rfc3339), out);
+    out.push('}');
+}
+
+/// A dead letter as one JSON object; `inputs` names the input of each position.
+pub fn dead_letter_json(dead: &DeadLetter, inputs: &[PathBuf], out: &mut String) {
+    out.push_str("{\"input\":");
+    let input = inputs.get(dead.pos.input as usize).map(|p| p.display().to_string()).unwrap_or_default();
+    write_str(&input, out);
+    out.push_str(&format!(",\"line\":{}", dead.pos.offset + 1));
+    out.push_str(",\"topic\":");
+    opt_str(&dead.topic, out);
+    out.push_str(",\"reason\":");
+    write_str(dead.reason.as_str(), out);
+    out.push_str(",\"detail\":");
+    write_str(&dead.detail, out);
+    out.push('}');
+}
+
+/// Parses a `tags.jsonl` line back (tests and tools).
+pub fn parse_jsonl(text: &str) -> Vec<Json> {
+    text.lines().filter(|l| !l.trim().is_empty()).filter_map(|l| Json::parse(l).ok()).collect()
+}

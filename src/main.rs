@@ -1,0 +1,26 @@
+//! The `ttpflow` command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TTPFLOW_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = ttpflow::cli::Cli::parse();
+    match ttpflow::cli::main(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            let mut message = format!("error: {err}");
+            let mut source = std::error::Error::source(err.as_ref());
+            while let Some(cause) = source {
+                message.push_str(&format!("\n  caused by: {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{message}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The runtime: timely workers driving the graph over file inputs into file sinks.
+//!
+//! Worker 0 reads the inputs in order and cuts them into epochs of `epoch_records`
+//! records; the records are spread over all workers by offset before decoding, so
+//! parsing scales with workers. Worker 0 holds back a new epoch until the graph has
+//! finished all but the previous one (backpressure). Sinks collect on worker 0 and
+//! write each epoch once it is complete, sorted by input position, so the files do not
+//! depend on the number of workers. Events still unanchored when the input ends become
+//! dead letters (`unanchored`).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use differential_dataflow::input::Input;
+use differential_dataflow::AsCollection;
+use timely::dataflow::channels::pact::Exchange as ExchangePact;
+use timely::dataflow::operators::core::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::ProbeHandle;
+use ttpflow_dataflows::record::{DeadLetter, Event, Line, Pos, Reason, Tag};
+use ttpflow_dataflows::rules::RulePack;
+use ttpflow_dataflows::types::{Coll, Diff, Time};
+
+use crate::files::{dead_letter_json, tag_json, FileError, JsonlWriter, LineSource};
+
+/// Options of an embedded run.
+#[derive(Clone)]
+pub struct RunOptions {
+    pub inputs: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub workers: usize,
+    pub epoch_records: u64,
+    pub pack: Arc<RulePack>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub records: u64,
+    pub tags: u64,
+    pub dead_letters: u64,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    pub fn records_per_second(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("failed to create output directory \"{}\"", dir.display())]
+    OutputDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("timely workers failed: {0}")]
+    Workers(String),
+}
+
+/// The output files, owned by worker 0.
+struct Writers {
+    tags: JsonlWriter,
+    dead_letters: JsonlWriter,
+    error: Option<FileError>,
+}
+
+impl Writers {
+    fn write(&mut self, which: impl FnOnce(&mut Writers) -> Result<(), FileError>) {
+        if self.error.is_none() {
+            if let Err(e) = which(self) {
+                self.error = Some(e);
+            }
+        }
+    }
+}
+
+/// Runs the graph over file inputs until they are exhausted.
+pub fn run_files(options: RunOptions) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&options.out).map_err(|source| RunError::OutputDir { dir: options.out.clone(), source })?;
+    let config = timely::Config::process(options.workers.max(1));
+    let guards = timely::execute(config, move |worker| run_worker(worker, &options)).map_err(RunError::Workers)?;
+    let mut summary = Summary::default();
+    for result in guards.join() {
+        let part = result.map_err(RunError::Workers)??;
+        summary.records += part.records;
+        summary.tags += part.tags;
+        summary.dead_letters += part.dead_letters;
+    }
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn run_worker(worker: &mut timely::worker::Worker, options: &RunOptions) -> Result<Summary, RunError> {
+    let index = worker.index();
+    let writers = match index {
+        0 => Some(Rc::new(RefCell::new(Writers {
+            tags: JsonlWriter::create(options.out.join("tags.jsonl"))?,
+            dead_letters: JsonlWriter::create(options.out.join("dead_letters.jsonl"))?,
+            error: None,
+        }))),
+        _ => None,
+    };
+    let probe = ProbeHandle::new();
+    let pack = Arc::clone(&options.pack);
+    let inputs = options.inputs.clone();
+    let mut input = worker.dataflow::<Time, _, _>(|scope| {
+        let (input, records) = scope.new_collection::<Line, Diff>();
+        let records = records.inner.exchange(|(line, _, _): &(Line, Time, Diff)| line.pos.offset).as_collection();
+        let outputs = ttpflow_dataflows::build(records, pack);
+        write_tags(outputs.tags.probe_with(&probe), writers.clone());
+        write_dead_letters(outputs.dead_letters.probe_with(&probe), writers.clone(), inputs.clone());
+        write_unanchored(outputs.pending.probe_with(&probe), writers.clone(), inputs);
+        input
+    });
+
+    let mut records = 0u64;
+    if index == 0 {
+        let mut source = LineSource::new(options.inputs.clone());
+        let epoch_records = options.epoch_records.max(1);
+        while let Some(line) = source.next_line()? {
+            input.insert(line);
+            records += 1;
+            if records % epoch_records == 0 {
+                let epoch = *input.time() + 1;
+                input.advance_to(epoch);
+                input.flush();
+                worker.step_while(|| probe.less_than(&(epoch - 1)));
+            }
+        }
+    }
+    drop(input);
+    while worker.has_dataflows() {
+        worker.step_or_park(None);
+    }
+
+    let Some(writers) = writers else { return Ok(Summary::default()) };
+    let Writers { tags, dead_letters, error } = Rc::try_unwrap(writers)
+        .map_err(|_| RunError::Workers("output files still in use after the dataflow ended".to_string()))?
+        .into_inner();
+    if let Some(e) = error {
+        return Err(e.into());
+    }
+    Ok(Summary { records, tags: tags.finish()?, dead_letters: dead_letters.finish()?, elapsed: Duration::ZERO })
+}
+
+/// Collects a collection's updates on worker 0 and hands over each complete epoch.
+fn on_worker_zero<D: timely::ExchangeData + Ord>(
+    updates: Coll<'_, D>,
+    name: &str,
+    mut epoch_done: impl FnMut(Time, Vec<(D, Diff)>) + 'static,
+    mut input_done: impl FnMut() + 'static,
+) {
+    let mut stash: BTreeMap<Time, Vec<(D, Diff)>> = BTreeMap::new();
+    let mut finished = false;
+    updates.inner.sink(ExchangePact::new(|_: &(D, Time, Diff)| 0u64), name, move |(input, frontier)| {
+        input.for_each(|_cap, data| {
+            for (d, t, r) in data.drain(..) {
+                stash.entry(t).or_default().push((d, r));
+            }
+        });
+        while let Some(entry) = stash.first_entry() {
+            if frontier.frontier().less_equal(entry.key()) {
+                break;
+            }
+            let time = *entry.key();
+            let mut batch = entry.remove();
+            batch.sort();
+            epoch_done(time, batch);
+        }
+        if frontier.frontier().is_empty() && !finished {
+            finished = true;
+            input_done();
+        }
+    });
+}
+
+fn write_tags(tags: Coll<'_, Tag>, writers: Option<Rc<RefCell<Writers>>>) {
+    on_worker_zero(
+        tags,
+        "write tags.jsonl",
+        move |_, batch| {
+            if let Some(w) = &writers {
+                w.borrow_mut().write(|w| batch.iter().try_for_each(|(tag, _)| w.tags.write_with(|line| tag_json(tag, line))));
+            }
+        },
+        || {},
+    );
+}
+
+fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Writers>>>, inputs: Vec<PathBuf>) {
+    on_worker_zero(
+        dead,
+        "write dead_letters.jsonl",
+        move |_, batch| {
+            if let Some(w) = &writers {
+                w.borrow_mut().write(|w| {
+                    batch.iter().try_for_each(|(dead, _)| w.dead_letters.write_with(|line| dead_letter_json(dead, &inputs, line)))
+                });
+            }
+        },
+        || {},
+    );
+}
+
+/// Accumulates the pending collection; what remains when the input ends is unanchored.
+fn write_unanchored(pending: Coll<'_, (String, Event)>, writers: Option<Rc<RefCell<Writers>>>, inputs: Vec<PathBuf>) {
+    let state: Rc<RefCell<BTreeMap<Pos, (String, String, Diff)>>> = Rc::default();
+    let accumulate = Rc::clone(&state);
+    on_worker_zero(
+        pending,
+        "collect unanchored",
+        move |_, batch| {
+            let mut state = accumulate.borrow_mut();
+            for ((ip, event), diff) in batch {
+                let entry = state.entry(event.pos).or_insert_with(|| (ip, event.topic, 0));
+                entry.2 += diff;
+                if entry.2 == 0 {
+                    state.remove(&event.pos);
+                }
+            }
+        },
+        move || {
+            let Some(w) = &writers else { return };
+            let state = state.borrow();
+            w.borrow_mut().write(|w| {
+                state.iter().filter(|(_, (_, _, n))| *n > 0).try_for_each(|(pos, (ip, topic, _))| {
+                    let dead = DeadLetter {
+                        pos: *pos,
+                        topic: Some(topic.clone()),
+                        reason: Reason::Unanchored,
+                        detail: format!("no attacker known for IP \"{ip}\" by the end of input"),
+                    };
+                    w.dead_letters.write_with(|line| dead_letter_json(&dead, &inputs, line))
+                })
+            });
+        },
+    );
+}
