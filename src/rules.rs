@@ -311,7 +311,13 @@ impl Checker<'_> {
                     return None;
                 }
             };
-            return Some(Matcher::Structured { kind: kind.clone(), params });
+            return match ttpflow_dataflows::predicates::compile(kind, &params) {
+                Ok(predicate) => Some(Matcher::Structured { kind: kind.clone(), params, predicate }),
+                Err(e) => {
+                    self.problem(Some("match"), e);
+                    None
+                }
+            };
         }
         for key in map.keys() {
             if !matches!(key.as_str(), Some("field" | "pattern")) {

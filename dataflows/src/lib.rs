@@ -19,6 +19,7 @@ pub mod anchor;
 pub mod decode;
 pub mod fanout;
 pub mod json;
+pub mod predicates;
 pub mod pyregex;
 pub mod record;
 pub mod rules;

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::json::Json;
+use crate::predicates::{Extra, Predicate};
 use crate::pyregex::PyRegex;
 use crate::record::{Confidence, Subject, Tag};
 use crate::tagid::tag_uuid;
@@ -36,7 +37,7 @@ pub enum Matcher {
     /// `match: {field, pattern}`: a Python-semantics regex search on one payload field.
     Regex { field: Option<String>, regex: PyRegex },
     /// `match: {kind: "lifter:…", …params}`: a structured predicate, with its parameters.
-    Structured { kind: String, params: Json },
+    Structured { kind: String, params: Json, predicate: Predicate },
 }
 
 /// Operational state of a rule (DECNET's `RuleState`), resolved when the pack loads.
@@ -86,12 +87,12 @@ pub struct Rule {
     pub state: RuleState,
 }
 
-/// A loaded pack: every rule, and the regex rules of each source kind.
+/// A loaded pack: every rule, and the evaluated rules of each source kind.
 #[derive(Clone, Debug)]
 pub struct RulePack {
     rules: Vec<Rule>,
     attack_release: String,
-    regex_by_kind: BTreeMap<String, Vec<usize>>,
+    by_kind: BTreeMap<String, Vec<usize>>,
 }
 
 /// DECNET's default match field per source kind for `pattern` rules.
@@ -118,15 +119,15 @@ fn aux_evidence_fields(source_kind: &str) -> &'static [&'static str] {
 
 impl RulePack {
     pub fn new(rules: Vec<Rule>, attack_release: impl Into<String>) -> RulePack {
-        let mut regex_by_kind: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut by_kind: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (idx, rule) in rules.iter().enumerate() {
-            if matches!(rule.matcher, Matcher::Regex { .. }) {
+            if rule.is_evaluated() {
                 for kind in &rule.applies_to {
-                    regex_by_kind.entry(kind.clone()).or_default().push(idx);
+                    by_kind.entry(kind.clone()).or_default().push(idx);
                 }
             }
         }
-        RulePack { rules, attack_release: attack_release.into(), regex_by_kind }
+        RulePack { rules, attack_release: attack_release.into(), by_kind }
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -137,19 +138,22 @@ impl RulePack {
         &self.attack_release
     }
 
-    /// Appends to `out` the tags the pack's regex rules emit for `subject`.
+    /// Appends to `out` the tags the pack's rules emit for `subject`.
     pub fn evaluate(&self, subject: &Subject, out: &mut Vec<Tag>) {
-        let Some(indices) = self.regex_by_kind.get(&subject.source_kind) else { return };
+        let Some(indices) = self.by_kind.get(&subject.source_kind) else { return };
         for &idx in indices {
             let rule = &self.rules[idx];
-            if rule.state.is_active() && regex_fires(rule, subject) {
-                self.emit(idx, subject, out);
+            if !rule.state.is_active() {
+                continue;
+            }
+            if let Some(extra) = fires(rule, subject) {
+                self.emit(idx, subject, extra, out);
             }
         }
     }
 
-    /// Whether rule `idx` is a regex rule whose pattern matches `payload` for `source_kind`
-    /// (used by `rules check` to run a rule's embedded examples).
+    /// Whether rule `idx` fires on `payload` for `source_kind` (used by `rules check`
+    /// to run a rule's embedded examples).
     pub fn rule_matches(&self, idx: usize, source_kind: &str, payload: &Json) -> bool {
         let subject = Subject {
             pos: Default::default(),
@@ -163,13 +167,13 @@ impl RulePack {
             event_time: None,
             payload: payload.clone(),
         };
-        regex_fires(&self.rules[idx], &subject)
+        fires(&self.rules[idx], &subject).is_some()
     }
 
     /// One tag per emit of rule `idx`, as DECNET's engine builds them.
-    fn emit(&self, idx: usize, subject: &Subject, out: &mut Vec<Tag>) {
+    fn emit(&self, idx: usize, subject: &Subject, extra: Extra, out: &mut Vec<Tag>) {
         let rule = &self.rules[idx];
-        let evidence = evidence(rule, subject);
+        let evidence = evidence(rule, subject, extra);
         for (e, emit) in rule.emits.iter().enumerate() {
             let confidence = rule.state.apply_ceiling(emit.confidence);
             if confidence < CONFIDENCE_FLOOR {
@@ -208,25 +212,38 @@ impl RulePack {
     }
 }
 
-fn regex_fires(rule: &Rule, subject: &Subject) -> bool {
-    let Matcher::Regex { field, regex } = &rule.matcher else { return false };
-    let field = match field.as_deref().filter(|f| !f.is_empty()) {
-        Some(f) => f,
-        None => match default_match_field(&subject.source_kind) {
-            Some(f) => f,
-            None => return false,
-        },
-    };
-    match subject.payload.get(field) {
-        Some(Json::Str(haystack)) => regex.is_match(haystack),
-        _ => false,
+impl Rule {
+    /// Whether this build evaluates the rule (structured kinds without a predicate are only kept).
+    pub fn is_evaluated(&self) -> bool {
+        match &self.matcher {
+            Matcher::Regex { .. } => true,
+            Matcher::Structured { predicate, .. } => predicate.is_evaluated(),
+        }
     }
 }
 
-/// The rule's evidence fields present in the payload, then the kind's auxiliary fields.
-fn evidence(rule: &Rule, subject: &Subject) -> Json {
+/// The extra evidence when `rule` fires on `subject`.
+fn fires(rule: &Rule, subject: &Subject) -> Option<Extra> {
+    match &rule.matcher {
+        Matcher::Regex { field, regex } => {
+            let field = field.as_deref().filter(|f| !f.is_empty()).or_else(|| default_match_field(&subject.source_kind))?;
+            let haystack = subject.payload.get(field)?.as_str()?;
+            regex.is_match(haystack).then(Extra::new)
+        }
+        Matcher::Structured { predicate, .. } => predicate.fires(&subject.payload),
+    }
+}
+
+/// The rule's evidence fields present in the payload, then the kind's auxiliary fields,
+/// then what the predicate adds (overriding a payload value of the same name).
+fn evidence(rule: &Rule, subject: &Subject, extra: Extra) -> Json {
     let mut fields: Vec<(String, Json)> = Vec::new();
-    let names = rule.evidence_fields.iter().map(String::as_str).chain(aux_evidence_fields(&subject.source_kind).iter().copied());
+    // Only DECNET's regex engine adds the auxiliary fields; its lifters do not.
+    let aux = match rule.matcher {
+        Matcher::Regex { .. } => aux_evidence_fields(&subject.source_kind),
+        Matcher::Structured { .. } => &[],
+    };
+    let names = rule.evidence_fields.iter().map(String::as_str).chain(aux.iter().copied());
     for name in names {
         if fields.iter().any(|(k, _)| k == name) {
             continue;
@@ -235,7 +252,11 @@ fn evidence(rule: &Rule, subject: &Subject) -> Json {
             fields.push((name.to_string(), value.clone()));
         }
     }
-    Json::Obj(fields)
+    let mut evidence = Json::Obj(fields);
+    for (key, value) in extra {
+        evidence.set(&key, value);
+    }
+    evidence
 }
 
 #[cfg(test)]

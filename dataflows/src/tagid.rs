@@ -27,6 +27,33 @@ mod tests {
         assert_eq!(Uuid::new_v5(&Uuid::NAMESPACE_URL, b"decnet:ttp_tag:v1"), TAG_NAMESPACE);
     }
 
+    /// Every vector of DECNET's conformance data (skipped with a message when absent).
+    #[test]
+    fn decnet_vectors() {
+        let dir = std::env::var_os("TTPFLOW_CONFORMANCE_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance"));
+        let Ok(text) = std::fs::read_to_string(dir.join("golden/engine_vectors.json")) else {
+            println!("skipping: conformance data not found at {}", dir.display());
+            return;
+        };
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let vectors = doc["tag_uuid"]["vectors"].as_array().unwrap();
+        assert!(vectors.len() >= 10);
+        for v in vectors {
+            let got = tag_uuid(
+                v["source_kind"].as_str().unwrap(),
+                v["source_id"].as_str().unwrap(),
+                v["rule_id"].as_str().unwrap(),
+                v["rule_version"].as_i64().unwrap(),
+                v["technique_id"].as_str().unwrap(),
+                v["sub_technique_id"].as_str().filter(|s| !s.is_empty()),
+            );
+            assert_eq!(got.to_string(), v["uuid"].as_str().unwrap(), "key {}", v["key"]);
+        }
+        assert_eq!(doc["tag_uuid"]["namespace"].as_str().unwrap(), TAG_NAMESPACE.to_string());
+    }
+
     #[test]
     fn pinned_vector() {
         let u = tag_uuid("command", "cmd_42", "R0014", 2, "T1083", None);

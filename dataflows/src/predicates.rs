@@ -1,0 +1,299 @@
+//! Structured predicates: the `lifter:*` match kinds of DECNET's pack, as data.
+//!
+//! A rule with `match: {kind: "lifter:<name>", …params}` is compiled into a
+//! [`Predicate`] when the pack loads (parameters checked, patterns compiled, DECNET's
+//! defaults where the YAML is silent). Evaluating it on a payload yields the extra
+//! evidence of a fire, or `None`. Payload values of the wrong type never fire and never
+//! fail: one predicate cannot cost an event its other tags.
+//!
+//! The behavioural family (R0031–R0040) reads the pre-shaped session aggregates that
+//! DECNET's producers put in payloads, and `http_request` paths for R0036/R0037.
+
+use std::sync::OnceLock;
+
+use crate::json::Json;
+use crate::pyregex::PyRegex;
+
+/// A compiled structured predicate.
+#[derive(Clone, Debug)]
+pub enum Predicate {
+    Beaconing { min_interval_s: f64, max_jitter_pct: f64 },
+    DataDestruction { patterns: Vec<PyRegex> },
+    RansomNote { keywords: Vec<String>, require_btc_or_xmr: bool },
+    ExfilOverWeb { min_payload_bytes: f64, request_threshold: i64 },
+    DbMassRead { min_rows: i64, min_bytes: i64 },
+    /// Credentials in files (R0036) and Kubernetes service-account tokens (R0037).
+    PathMatch { patterns: Vec<PyRegex> },
+    DockerEscape { signals: Vec<String> },
+    LlmnrPoisoning,
+    TftpRouterConfig { patterns: Vec<PyRegex> },
+    /// A lifter kind this build loads and keeps but does not evaluate.
+    NotEvaluated,
+}
+
+/// Extra evidence of a fire, merged over the rule's evidence fields.
+pub type Extra = Vec<(String, Json)>;
+
+/// Reads the parameters of one `match` mapping.
+struct Params<'a>(&'a Json);
+
+impl Params<'_> {
+    fn number(&self, key: &str, default: f64) -> Result<f64, String> {
+        match self.0.get(key) {
+            None => Ok(default),
+            Some(v) => number(v).ok_or_else(|| format!("parameter \"{key}\" must be a number, got {}", v.type_name())),
+        }
+    }
+
+    fn bool(&self, key: &str) -> Result<bool, String> {
+        match self.0.get(key) {
+            None | Some(Json::Null) => Ok(false),
+            Some(Json::Bool(b)) => Ok(*b),
+            Some(v) => Err(format!("parameter \"{key}\" must be a boolean, got {}", v.type_name())),
+        }
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>, String> {
+        match self.0.get(key) {
+            None => Ok(Vec::new()),
+            Some(Json::Arr(items)) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string).ok_or_else(|| format!("parameter \"{key}\" must list strings, got {}", i.type_name())))
+                .collect(),
+            Some(v) => Err(format!("parameter \"{key}\" must be a list of strings, got {}", v.type_name())),
+        }
+    }
+
+    fn patterns(&self, key: &str) -> Result<Vec<PyRegex>, String> {
+        self.strings(key)?
+            .iter()
+            .map(|p| PyRegex::new(p).map_err(|e| format!("parameter \"{key}\": pattern {p:?} does not compile: {}", e.message)))
+            .collect()
+    }
+}
+
+/// A JSON number (booleans count, as Python's `isinstance(True, int)` does).
+fn number(value: &Json) -> Option<f64> {
+    match value {
+        Json::Num(n) => n.parse().ok(),
+        Json::Bool(b) => Some(f64::from(u8::from(*b))),
+        _ => None,
+    }
+}
+
+/// A JSON integer (Python `int`: written without fraction or exponent, or a boolean).
+fn integer(value: &Json) -> Option<f64> {
+    match value {
+        Json::Num(n) if !n.contains(['.', 'e', 'E']) => n.parse().ok(),
+        Json::Bool(b) => Some(f64::from(u8::from(*b))),
+        _ => None,
+    }
+}
+
+/// Python's `a or b or … or ""` over payload fields, which must then be a non-empty string.
+fn first_truthy_str<'a>(payload: &'a Json, fields: &[&str]) -> Option<&'a str> {
+    let value = fields.iter().filter_map(|f| payload.get(f)).find(|v| v.is_truthy())?;
+    value.as_str()
+}
+
+fn extra(key: &str, value: Json) -> Extra {
+    vec![(key.to_string(), value)]
+}
+
+/// Compiles the predicate of a `lifter:*` kind from its parameters.
+pub fn compile(kind: &str, params: &Json) -> Result<Predicate, String> {
+    let p = Params(params);
+    Ok(match kind {
+        "lifter:behavioral_beaconing" => Predicate::Beaconing {
+            min_interval_s: p.number("min_interval_s", 0.0)?,
+            max_jitter_pct: p.number("max_jitter_pct", 1.0)?,
+        },
+        "lifter:behavioral_data_destruction" => Predicate::DataDestruction { patterns: p.patterns("patterns")? },
+        "lifter:behavioral_ransom_note" => Predicate::RansomNote {
+            keywords: p.strings("payment_keywords")?,
+            require_btc_or_xmr: p.bool("require_btc_or_xmr")?,
+        },
+        "lifter:behavioral_exfil_over_web" => Predicate::ExfilOverWeb {
+            min_payload_bytes: p.number("min_payload_bytes", 0.0)?,
+            request_threshold: p.number("request_threshold", 0.0)?.trunc() as i64,
+        },
+        "lifter:behavioral_db_mass_read" => Predicate::DbMassRead {
+            min_rows: p.number("min_rows", 0.0)?.trunc() as i64,
+            min_bytes: p.number("min_bytes", 0.0)?.trunc() as i64,
+        },
+        "lifter:behavioral_credentials_in_files" | "lifter:behavioral_k8s_sa_token" => {
+            Predicate::PathMatch { patterns: p.patterns("paths")? }
+        }
+        "lifter:behavioral_docker_escape" => Predicate::DockerEscape { signals: p.strings("signals")? },
+        "lifter:behavioral_llmnr_poisoning" => Predicate::LlmnrPoisoning,
+        "lifter:behavioral_tftp_router_config" => Predicate::TftpRouterConfig { patterns: p.patterns("filename_patterns")? },
+        _ => Predicate::NotEvaluated,
+    })
+}
+
+fn btc() -> &'static PyRegex {
+    static RE: OnceLock<PyRegex> = OnceLock::new();
+    RE.get_or_init(|| {
+        PyRegex::new(r"\b(?:[13][a-km-zA-HJ-NP-Z1-9]{25,34}|bc1[ac-hj-np-z02-9]{11,71})\b").expect("the BTC address pattern compiles")
+    })
+}
+
+fn xmr() -> &'static PyRegex {
+    static RE: OnceLock<PyRegex> = OnceLock::new();
+    RE.get_or_init(|| PyRegex::new(r"\b4[0-9AB][1-9A-HJ-NP-Za-km-z]{93}\b").expect("the XMR address pattern compiles"))
+}
+
+impl Predicate {
+    /// Whether it is evaluated at all (see [`Predicate::NotEvaluated`]).
+    pub fn is_evaluated(&self) -> bool {
+        !matches!(self, Predicate::NotEvaluated)
+    }
+
+    /// The extra evidence when the predicate fires on `payload`.
+    pub fn fires(&self, payload: &Json) -> Option<Extra> {
+        match self {
+            Predicate::Beaconing { min_interval_s, max_jitter_pct } => {
+                let interval = number(payload.get("beacon_interval_s")?)?;
+                let jitter = number(payload.get("beacon_jitter_pct")?)?;
+                (interval >= *min_interval_s && jitter <= *max_jitter_pct).then(Extra::new)
+            }
+            Predicate::DataDestruction { patterns } => {
+                let haystack = first_truthy_str(payload, &["op_text", "command_text"])?;
+                let hit = patterns.iter().find(|p| p.is_match(haystack))?;
+                Some(extra("matched_op", Json::Str(hit.as_str().to_string())))
+            }
+            Predicate::RansomNote { keywords, require_btc_or_xmr } => {
+                let text = first_truthy_str(payload, &["body_text", "note_text"])?;
+                let lower = text.to_lowercase();
+                let matched: Vec<Json> =
+                    keywords.iter().filter(|k| lower.contains(&k.to_lowercase())).map(|k| Json::Str(k.clone())).collect();
+                if matched.is_empty() {
+                    return None;
+                }
+                if !require_btc_or_xmr {
+                    return Some(extra("matched_keywords", Json::Arr(matched)));
+                }
+                let address = btc().find(text).or_else(|| xmr().find(text))?;
+                Some(vec![("btc_address".to_string(), Json::Str(address)), ("matched_keywords".to_string(), Json::Arr(matched))])
+            }
+            Predicate::ExfilOverWeb { min_payload_bytes, request_threshold } => {
+                let bytes_hit = payload.get("bytes_out").and_then(number).is_some_and(|b| b >= *min_payload_bytes);
+                let requests_hit = payload.get("request_count").and_then(integer).is_some_and(|r| r >= *request_threshold as f64);
+                (bytes_hit || requests_hit).then(Extra::new)
+            }
+            Predicate::DbMassRead { min_rows, min_bytes } => {
+                let rows_hit = payload.get("rows_read").and_then(integer).is_some_and(|r| r >= *min_rows as f64);
+                let bytes_hit = payload.get("bytes_read").and_then(number).is_some_and(|b| b >= *min_bytes as f64);
+                (rows_hit || bytes_hit).then(Extra::new)
+            }
+            Predicate::PathMatch { patterns } => {
+                let path = first_truthy_str(payload, &["matched_path", "request_path", "path"])?;
+                patterns.iter().any(|p| p.is_match(path)).then(|| extra("matched_path", Json::Str(path.to_string())))
+            }
+            Predicate::DockerEscape { signals } => {
+                let Json::Arr(observed) = payload.get("signals")? else { return None };
+                let hit = signals.iter().find(|s| observed.iter().any(|o| o.as_str() == Some(s.as_str())))?;
+                Some(extra("matched_signal", Json::Str(hit.clone())))
+            }
+            Predicate::LlmnrPoisoning => {
+                let poisoned = payload.get("llmnr_poisoned") == Some(&Json::Bool(true));
+                let count = payload.get("llmnr_poison_count").and_then(integer).is_some_and(|c| c >= 1.0);
+                (poisoned || count).then(Extra::new)
+            }
+            Predicate::TftpRouterConfig { patterns } => {
+                let name = first_truthy_str(payload, &["tftp_filename"])?;
+                patterns.iter().any(|p| p.is_match(name)).then(Extra::new)
+            }
+            Predicate::NotEvaluated => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fires(kind: &str, params: &str, payload: &str) -> Option<String> {
+        let predicate = compile(kind, &Json::parse(params).unwrap()).unwrap();
+        predicate.fires(&Json::parse(payload).unwrap()).map(|e| Json::Obj(e).to_json_string())
+    }
+
+    #[test]
+    fn beaconing_needs_both_numbers_within_bounds() {
+        let params = r#"{"max_jitter_pct":0.15,"min_interval_s":10}"#;
+        let k = "lifter:behavioral_beaconing";
+        assert_eq!(fires(k, params, r#"{"beacon_interval_s":60,"beacon_jitter_pct":0.05}"#).as_deref(), Some("{}"));
+        assert_eq!(fires(k, params, r#"{"beacon_interval_s":10,"beacon_jitter_pct":0.15}"#).as_deref(), Some("{}"), "bounds are inclusive");
+        assert_eq!(fires(k, params, r#"{"beacon_interval_s":0,"beacon_jitter_pct":0}"#), None);
+        assert_eq!(fires(k, params, r#"{"beacon_interval_s":"60","beacon_jitter_pct":0.05}"#), None);
+    }
+
+    #[test]
+    fn path_match_reports_the_path() {
+        let k = "lifter:behavioral_credentials_in_files";
+        let params = r#"{"paths":["\\.env","\\.git/config"]}"#;
+        assert_eq!(fires(k, params, r#"{"request_path":"/var/www/.env"}"#).as_deref(), Some(r#"{"matched_path":"/var/www/.env"}"#));
+        assert_eq!(fires(k, params, r#"{"matched_path":"","request_path":"/.git/config"}"#).as_deref(), Some(r#"{"matched_path":"/.git/config"}"#));
+        assert_eq!(fires(k, params, r#"{"request_path":"/index.html"}"#), None);
+        assert_eq!(fires(k, params, r#"{"request_path":7}"#), None);
+    }
+
+    #[test]
+    fn data_destruction_names_the_pattern() {
+        let k = "lifter:behavioral_data_destruction";
+        let params = r#"{"patterns":["FLUSHALL","DROP\\s+DATABASE","DELETE\\s+/\\_all"]}"#;
+        assert_eq!(fires(k, params, r#"{"op_text":"DROP  DATABASE x"}"#).as_deref(), Some(r#"{"matched_op":"DROP\\s+DATABASE"}"#));
+        assert_eq!(fires(k, params, r#"{"op_text":"","command_text":"DELETE /_all"}"#).as_deref(), Some(r#"{"matched_op":"DELETE\\s+/\\_all"}"#));
+        assert_eq!(fires(k, params, r#"{"op_text":"GET x"}"#), None);
+    }
+
+    #[test]
+    fn ransom_note_needs_a_keyword_and_an_address() {
+        let k = "lifter:behavioral_ransom_note";
+        let params = r#"{"require_btc_or_xmr":true,"payment_keywords":["bitcoin","ransom"]}"#;
+        let note = r#"{"note_text":"Pay the RANSOM in Bitcoin to 1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"}"#;
+        assert_eq!(
+            fires(k, params, note).as_deref(),
+            Some(r#"{"btc_address":"1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa","matched_keywords":["bitcoin","ransom"]}"#)
+        );
+        assert_eq!(fires(k, params, r#"{"note_text":"pay the ransom"}"#), None);
+        assert_eq!(fires(k, r#"{"payment_keywords":["ransom"]}"#, r#"{"body_text":"ransom"}"#).as_deref(), Some(r#"{"matched_keywords":["ransom"]}"#));
+    }
+
+    #[test]
+    fn thresholds_respect_python_int_checks() {
+        let k = "lifter:behavioral_exfil_over_web";
+        let params = r#"{"min_payload_bytes":1048576,"request_threshold":50}"#;
+        assert!(fires(k, params, r#"{"bytes_out":2000000}"#).is_some());
+        assert!(fires(k, params, r#"{"request_count":50}"#).is_some());
+        assert!(fires(k, params, r#"{"request_count":50.0}"#).is_none(), "a float is not an int");
+        assert!(fires(k, params, r#"{"bytes_out":10,"request_count":3}"#).is_none());
+        let k = "lifter:behavioral_db_mass_read";
+        assert!(fires(k, r#"{"min_rows":10000,"min_bytes":5242880}"#, r#"{"rows_read":10000}"#).is_some());
+        assert!(fires(k, r#"{"min_rows":10000,"min_bytes":5242880}"#, r#"{"rows_read":9999,"bytes_read":1}"#).is_none());
+    }
+
+    #[test]
+    fn signals_llmnr_and_tftp() {
+        let k = "lifter:behavioral_docker_escape";
+        let params = r#"{"signals":["privileged:true","bind:/etc"]}"#;
+        assert_eq!(fires(k, params, r#"{"signals":["x","bind:/etc"]}"#).as_deref(), Some(r#"{"matched_signal":"bind:/etc"}"#));
+        assert_eq!(fires(k, params, r#"{"signals":"bind:/etc"}"#), None);
+        let k = "lifter:behavioral_llmnr_poisoning";
+        assert!(fires(k, "{}", r#"{"llmnr_poisoned":true}"#).is_some());
+        assert!(fires(k, "{}", r#"{"llmnr_poisoned":1}"#).is_none());
+        assert!(fires(k, "{}", r#"{"llmnr_poison_count":2}"#).is_some());
+        let k = "lifter:behavioral_tftp_router_config";
+        let params = r#"{"filename_patterns":[".*-confg$","startup-config"]}"#;
+        assert!(fires(k, params, r#"{"tftp_filename":"r1-confg"}"#).is_some());
+        assert!(fires(k, params, r#"{"tftp_filename":"r1-confg.bak"}"#).is_none());
+    }
+
+    #[test]
+    fn wrong_parameters_are_load_errors() {
+        let err = compile("lifter:behavioral_beaconing", &Json::parse(r#"{"min_interval_s":"ten"}"#).unwrap()).unwrap_err();
+        assert!(err.contains("min_interval_s"), "{err}");
+        let err = compile("lifter:behavioral_k8s_sa_token", &Json::parse(r#"{"paths":["(a"]}"#).unwrap()).unwrap_err();
+        assert!(err.contains("does not compile"), "{err}");
+    }
+}

@@ -1,0 +1,65 @@
+//! Shared helpers: running the job in-process, reading its outputs, locating conformance data.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+use ttpflow::rules::{self, LoadOptions};
+use ttpflow::runtime::{self, RunOptions, Summary};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// DECNET's conformance data (`TTPFLOW_CONFORMANCE_DIR`, else `../shared/conformance`),
+/// or `None` after printing why the caller skips.
+pub fn conformance(what: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("TTPFLOW_CONFORMANCE_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("../shared/conformance"));
+    if dir.join("decnet/rules").is_dir() {
+        Some(dir)
+    } else {
+        println!("skipping {what}: conformance data not found at {}", dir.display());
+        None
+    }
+}
+
+/// The output of one run.
+pub struct Output {
+    pub summary: Summary,
+    pub tags: Vec<Value>,
+    pub dead_letters: Vec<Value>,
+    pub tags_text: String,
+    pub dead_letters_text: String,
+    _dir: tempfile::TempDir,
+}
+
+pub fn read_jsonl(path: &Path) -> (String, Vec<Value>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let rows = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display()))).collect();
+    (text, rows)
+}
+
+/// Runs the embedded job over `inputs` with the pack in `rules_dir`.
+pub fn run(rules_dir: &Path, inputs: &[PathBuf], workers: usize, epoch_records: u64) -> Output {
+    let loaded = rules::load(rules_dir, &LoadOptions::default()).expect("pack loads");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let summary = runtime::run_files(RunOptions {
+        inputs: inputs.to_vec(),
+        out: dir.path().to_path_buf(),
+        workers,
+        epoch_records,
+        pack: Arc::new(loaded.pack),
+    })
+    .expect("run succeeds");
+    let (tags_text, tags) = read_jsonl(&dir.path().join("tags.jsonl"));
+    let (dead_letters_text, dead_letters) = read_jsonl(&dir.path().join("dead_letters.jsonl"));
+    Output { summary, tags, dead_letters, tags_text, dead_letters_text, _dir: dir }
+}
+
+/// Writes `lines` to a file in `dir` and returns its path.
+pub fn write_input(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write input");
+    path
+}

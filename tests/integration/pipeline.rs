@@ -1,0 +1,160 @@
+//! Pipeline: anchoring in any input order, dead letters for every kind of bad input, workers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::common::{self, root, run, write_input};
+
+/// A two-rule pack written for these tests.
+fn tiny_pack(dir: &Path) -> PathBuf {
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("T0001.yaml"),
+        "rule_id: T0001\nrule_version: 1\nname: shadow_read\napplies_to: [command]\nmatch:\n  field: command_text\n  pattern: '/etc/shadow\\b'\nemits:\n  - {tactic: TA0006, technique_id: T1003, sub_technique_id: T1003.008, confidence: 0.9}\nevidence_fields: [command_text]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        rules.join("T0002.yaml"),
+        "rule_id: T0002\nrule_version: 3\nname: scanner_ua\napplies_to: [http_request]\nmatch:\n  field: user_agent\n  pattern: '(?i)nikto'\nemits:\n  - {tactic: TA0043, technique_id: T1595, confidence: 0.5}\nevidence_fields: [user_agent]\n",
+    )
+    .unwrap();
+    rules
+}
+
+const ATTACKER: &str = r#"{"topic":"decnet.attackers","key":"a-1","value":{"uuid":"a-1","ip":"192.0.2.1","identity_id":null}}"#;
+const SESSION: &str = r#"{"topic":"attacker.session.ended","type":"session.ended","payload":{"attacker_ip":"192.0.2.1","attacker_uuid":null,"session_id":"s-1","decky_id":"d-1","commands":["cat /etc/shadow",{"command_text":"sudo cat /etc/shadow","id":"c-9","user":"root","ts":"2026-01-01T00:00:01Z"}]}}"#;
+const HTTP: &str = r#"{"topic":"attacker.fingerprinted","type":"http_request","payload":{"attacker_ip":"192.0.2.1","raw_url":"/","user_agent":"Nikto/2.5"}}"#;
+
+fn by_uuid(tags: &[Value]) -> BTreeMap<String, Value> {
+    tags.iter().map(|t| (t["uuid"].as_str().unwrap().to_string(), t.clone())).collect()
+}
+
+#[test]
+fn anchoring_does_not_depend_on_input_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = tiny_pack(dir.path());
+    let table_first = write_input(dir.path(), "a.jsonl", &[ATTACKER, SESSION, HTTP]);
+    let table_last = write_input(dir.path(), "b.jsonl", &[SESSION, HTTP, ATTACKER]);
+    // One record per epoch: the events really are processed before their attacker row.
+    let before = run(&rules, &[table_first], 1, 1);
+    let after = run(&rules, &[table_last], 1, 1);
+    assert_eq!(before.tags.len(), 3, "{}", before.tags_text);
+    assert!(after.dead_letters.is_empty(), "late anchoring must not dead-letter: {}", after.dead_letters_text);
+    let (b, a) = (by_uuid(&before.tags), by_uuid(&after.tags));
+    assert_eq!(b.keys().collect::<Vec<_>>(), a.keys().collect::<Vec<_>>());
+    for (uuid, tag) in &b {
+        assert_eq!(tag["attacker_uuid"], "a-1");
+        assert_eq!(tag, &a[uuid], "same row whatever the order");
+    }
+    let ids: Vec<_> = before.tags.iter().map(|t| t["source_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["s-1#cmd0", "c-9", "a-1"], "command ids, then the http_request's attacker uuid");
+    assert_eq!(before.tags[1]["evidence"], serde_json::json!({"command_text": "sudo cat /etc/shadow", "user": "root"}));
+    assert_eq!(before.tags[1]["observed_at"], "2026-01-01T00:00:01.000000Z");
+}
+
+#[test]
+fn an_attacker_tombstone_leaves_later_events_unanchored() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = tiny_pack(dir.path());
+    let tombstone = r#"{"topic":"decnet.attackers","key":"a-1","value":null}"#;
+    let input = write_input(dir.path(), "in.jsonl", &[ATTACKER, tombstone, SESSION]);
+    let out = run(&rules, &[input], 1, 1);
+    assert!(out.tags.is_empty(), "{}", out.tags_text);
+    assert_eq!(out.dead_letters.len(), 1);
+    assert_eq!(out.dead_letters[0]["reason"], "unanchored");
+    assert_eq!(out.dead_letters[0]["line"], 3);
+}
+
+#[test]
+fn every_kind_of_bad_input_is_a_dead_letter_and_the_job_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = tiny_pack(dir.path());
+    let oversize = format!(r#"{{"topic":"attacker.observed","payload":{{"x":"{}"}}}}"#, "a".repeat(5 << 20));
+    let lines: Vec<&str> = vec![
+        ATTACKER,
+        "{not json",                                                                             // 2
+        "[1,2,3]",                                                                               // 3
+        r#"{"payload":{}}"#,                                                                     // 4
+        r#"{"topic":"attacker.teleported","payload":{}}"#,                                       // 5
+        r#"{"topic":"attacker.session.ended","payload":{"attacker_ip":["192.0.2.1"]}}"#,         // 6
+        r#"{"topic":"attacker.session.ended","payload":{"commands":[{"command_text":1}]}}"#,     // 7
+        &oversize,                                                                               // 8
+        r#"{"topic":"attacker.session.ended","payload":{"session_id":"s-9","commands":["id"]}}"#, // 9
+        r#"{"topic":"attacker.session.ended","payload":{"attacker_ip":"203.0.113.7"}}"#,         // 10
+        "PLACEHOLDER",                                                                           // 11
+        SESSION,                                                                                 // 12
+    ];
+    let path = dir.path().join("bad.jsonl");
+    let mut bytes = Vec::new();
+    for line in &lines {
+        if *line == "PLACEHOLDER" {
+            bytes.extend_from_slice(b"{\"topic\":\"attacker.observed\",\"payload\":{\"x\":\"\xff\xfe\"}}");
+        } else {
+            bytes.extend_from_slice(line.as_bytes());
+        }
+        bytes.push(b'\n');
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let out = run(&rules, &[path], 1, 4);
+    let reasons: Vec<(u64, &str)> = out.dead_letters.iter().map(|d| (d["line"].as_u64().unwrap(), d["reason"].as_str().unwrap())).collect();
+    assert_eq!(
+        reasons,
+        [
+            (2, "invalid_json"),
+            (3, "not_an_object"),
+            (4, "missing_field"),
+            (5, "unknown_topic"),
+            (6, "wrong_type"),
+            (7, "wrong_type"),
+            (8, "oversize"),
+            (9, "no_anchor"),
+            (11, "invalid_utf8"),
+            (10, "unanchored"),
+        ],
+        "{}",
+        out.dead_letters_text
+    );
+    assert!(out.dead_letters.iter().all(|d| d["detail"].as_str().is_some_and(|s| !s.is_empty())));
+    assert_eq!(out.tags.len(), 2, "the good session after the bad lines is still tagged");
+    assert_eq!(out.summary.records, 12);
+}
+
+#[test]
+fn workers_do_not_change_the_output() {
+    let mut cases: Vec<(PathBuf, Vec<PathBuf>)> =
+        vec![(root().join("rules"), vec![root().join("examples/fleet.jsonl")])];
+    if let Some(conf) = common::conformance("the dev corpus part of the worker test") {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let events = crate::regression::gunzip_to(&conf.join("corpus/dev_events.jsonl.gz"), &dir.join("dev_events.jsonl"));
+        cases.push((conf.join("decnet/rules"), vec![conf.join("corpus/dev_tables.jsonl"), events]));
+    }
+    for (rules, inputs) in cases {
+        let one = run(&rules, &inputs, 1, 997);
+        let two = run(&rules, &inputs, 2, 997);
+        assert!(!one.tags.is_empty());
+        assert!(one.tags_text == two.tags_text, "tags.jsonl differs between -w 1 and -w 2 for {inputs:?}");
+        assert!(one.dead_letters_text == two.dead_letters_text, "dead_letters.jsonl differs between -w 1 and -w 2");
+    }
+}
+
+#[test]
+fn the_bundled_example_runs_from_the_command_line() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ttpflow"))
+        .current_dir(root())
+        .args(["run", "--out"])
+        .arg(out_dir.path())
+        .output()
+        .expect("ttpflow runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("records=19 tags="), "{stdout}");
+    let (_, tags) = common::read_jsonl(&out_dir.path().join("tags.jsonl"));
+    let techniques: std::collections::BTreeSet<_> = tags.iter().map(|t| t["technique_id"].as_str().unwrap().to_string()).collect();
+    for t in ["T1003", "T1059", "T1105", "T1190", "T1595"] {
+        assert!(techniques.contains(t), "example should show {t}: {techniques:?}");
+    }
+}

@@ -1,0 +1,121 @@
+//! Regression: DECNET's pack, corpora and stored tags; ttpflow must reproduce them.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use ttpflow::rules::{self, LoadOptions};
+
+use crate::common::{conformance, read_jsonl, run};
+
+/// The fields compare.py checks.
+const FIELDS: &[&str] = &[
+    "source_kind",
+    "source_id",
+    "attacker_uuid",
+    "identity_uuid",
+    "session_id",
+    "decky_id",
+    "tactic",
+    "technique_id",
+    "sub_technique_id",
+    "confidence",
+    "rule_id",
+    "rule_version",
+    "evidence",
+    "attack_release",
+];
+
+/// Kinds whose every tag ttpflow must reproduce exactly at this stage.
+const KINDS: &[&str] = &["command", "http_request"];
+
+pub fn gunzip_to(source: &Path, target: &Path) -> PathBuf {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(source).unwrap()).read_to_string(&mut text).unwrap();
+    std::fs::write(target, text).unwrap();
+    target.to_path_buf()
+}
+
+fn golden(conf: &Path, corpus: &str, dir: &Path) -> Vec<Value> {
+    let plain = conf.join(format!("golden/{corpus}_inserted.jsonl"));
+    let path = if plain.exists() { plain } else { gunzip_to(&conf.join(format!("golden/{corpus}_inserted.jsonl.gz")), &dir.join("golden.jsonl")) };
+    read_jsonl(&path).1
+}
+
+fn differing_fields(want: &Value, got: &Value) -> Vec<&'static str> {
+    FIELDS
+        .iter()
+        .copied()
+        .filter(|f| match (want[*f].as_f64(), got[*f].as_f64(), *f) {
+            (Some(x), Some(y), "confidence") => (x - y).abs() > 1e-9,
+            _ => want[*f] != got[*f],
+        })
+        .collect()
+}
+
+fn check_corpus(corpus: &str) {
+    let Some(conf) = conformance(&format!("the {corpus} corpus parity check")) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let plain = conf.join(format!("corpus/{corpus}_events.jsonl"));
+    let events = if plain.exists() { plain } else { gunzip_to(&conf.join(format!("corpus/{corpus}_events.jsonl.gz")), &dir.path().join("events.jsonl")) };
+    let out = run(&conf.join("decnet/rules"), &[conf.join(format!("corpus/{corpus}_tables.jsonl")), events], 1, 4096);
+
+    let in_scope = |row: &&Value| KINDS.contains(&row["source_kind"].as_str().unwrap_or_default());
+    let ours: BTreeMap<&str, &Value> = out.tags.iter().filter(in_scope).map(|t| (t["uuid"].as_str().unwrap(), t)).collect();
+    let gold = golden(&conf, corpus, dir.path());
+    let mut expected = 0;
+    let mut problems = Vec::new();
+    for want in gold.iter().filter(in_scope) {
+        expected += 1;
+        let uuid = want["uuid"].as_str().unwrap();
+        match ours.get(uuid) {
+            None => problems.push(format!("missing {want}")),
+            Some(got) => {
+                let bad = differing_fields(want, got);
+                if !bad.is_empty() {
+                    problems.push(format!("{uuid}: {bad:?} differ: decnet {want} ours {got}"));
+                }
+            }
+        }
+    }
+    let golden_uuids: std::collections::BTreeSet<&str> = gold.iter().map(|g| g["uuid"].as_str().unwrap()).collect();
+    for (uuid, got) in &ours {
+        if !golden_uuids.contains(uuid) {
+            problems.push(format!("suspicious extra {got}"));
+        }
+    }
+    assert!(expected > 0);
+    assert!(problems.is_empty(), "{corpus}: {} of {expected} rows wrong; first ones:\n{}", problems.len(), problems[..problems.len().min(10)].join("\n"));
+}
+
+#[test]
+fn precision_corpus_regex_kinds_match_decnet_exactly() {
+    check_corpus("precision");
+}
+
+#[test]
+fn dev_corpus_regex_kinds_match_decnet_exactly() {
+    check_corpus("dev");
+}
+
+#[test]
+fn decnet_pack_loads_every_rule() {
+    let Some(conf) = conformance("loading DECNET's pack") else { return };
+    let loaded = rules::load(&conf.join("decnet/rules"), &LoadOptions::default()).expect("DECNET's pack loads");
+    assert_eq!(loaded.pack.rules().len(), 59);
+    let vectors: Value = serde_json::from_str(&std::fs::read_to_string(conf.join("golden/engine_vectors.json")).unwrap()).unwrap();
+    for (rule, want) in loaded.pack.rules().iter().zip(vectors["rules"].as_array().unwrap()) {
+        assert_eq!(rule.rule_id, want["rule_id"]);
+        assert_eq!(rule.rule_version, want["rule_version"].as_i64().unwrap());
+        assert_eq!(rule.applies_to, want["applies_to"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect::<Vec<_>>());
+        assert_eq!(rule.emits.len(), want["emits"].as_array().unwrap().len(), "{}", rule.rule_id);
+        for (emit, w) in rule.emits.iter().zip(want["emits"].as_array().unwrap()) {
+            assert_eq!(emit.technique_id, w["technique_id"]);
+            assert_eq!(emit.sub_technique_id.as_deref(), w["sub_technique_id"].as_str());
+            assert_eq!(emit.tactic, w["tactic"]);
+            assert!((emit.confidence - w["confidence"].as_f64().unwrap()).abs() < 1e-12);
+        }
+        assert_eq!(rule.evidence_fields, want["evidence_fields"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect::<Vec<_>>());
+    }
+}
