@@ -120,13 +120,19 @@ pub fn run_examples(loaded: &LoadedPack) -> CheckReport {
             continue;
         }
         let kind = rule.applies_to.first().map(String::as_str).unwrap_or_default();
-        let cases = examples.must_match.iter().map(|p| (p, true)).chain(examples.must_not_match.iter().map(|p| (p, false)));
+        let cases =
+            examples.must_match.iter().map(|p| (p, true)).chain(examples.must_not_match.iter().map(|p| (p, false)));
         for (payload, want) in cases {
             if loaded.pack.rule_matches(idx, kind, payload) == want {
                 report.passed += 1;
             } else {
                 let verb = if want { "should match but does not" } else { "should not match but does" };
-                report.failures.push(format!("{}: rule \"{}\": example {verb}: {}", loaded.files[idx], rule.rule_id, payload.to_json_string()));
+                report.failures.push(format!(
+                    "{}: rule \"{}\": example {verb}: {}",
+                    loaded.files[idx],
+                    rule.rule_id,
+                    payload.to_json_string()
+                ));
             }
         }
     }

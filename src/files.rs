@@ -69,9 +69,11 @@ impl LineSource {
                 continue;
             };
             self.buf.clear();
-            let read = reader
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|source| FileError::Read { path: self.inputs[*input as usize].clone(), line: *offset + 1, source })?;
+            let read = reader.read_until(b'\n', &mut self.buf).map_err(|source| FileError::Read {
+                path: self.inputs[*input as usize].clone(),
+                line: *offset + 1,
+                source,
+            })?;
             if read == 0 {
                 self.current = None;
                 continue;
@@ -84,7 +86,8 @@ impl LineSource {
             if self.buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let text = String::from_utf8(std::mem::take(&mut self.buf)).map_err(|e| format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()));
+            let text = String::from_utf8(std::mem::take(&mut self.buf))
+                .map_err(|e| format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()));
             return Ok(Some(Line { pos, topic: None, text }));
         }
     }

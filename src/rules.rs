@@ -83,7 +83,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { attack_release: ttpflow_dataflows::rules::DEFAULT_ATTACK_RELEASE.to_string(), states: BTreeMap::new() }
+        LoadOptions {
+            attack_release: ttpflow_dataflows::rules::DEFAULT_ATTACK_RELEASE.to_string(),
+            states: BTreeMap::new(),
+        }
     }
 }
 
@@ -162,7 +165,12 @@ const KNOWN_KEYS: &[&str] = &[
 
 impl Checker<'_> {
     fn problem(&mut self, field: Option<&str>, message: String) {
-        self.problems.push(Problem { file: self.file.clone(), rule: self.rule.clone(), field: field.map(str::to_string), message });
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            rule: self.rule.clone(),
+            field: field.map(str::to_string),
+            message,
+        });
     }
 
     fn rule(&mut self, text: &str) -> Option<(Rule, Examples)> {
@@ -267,7 +275,10 @@ impl Checker<'_> {
                 for (i, item) in items.iter().enumerate() {
                     match item {
                         Value::String(s) if !s.is_empty() => out.push(s.clone()),
-                        other => self.problem(Some(&format!("{field}[{i}]")), format!("must be a non-empty string, got {}", yaml_text(other))),
+                        other => self.problem(
+                            Some(&format!("{field}[{i}]")),
+                            format!("must be a non-empty string, got {}", yaml_text(other)),
+                        ),
                     }
                 }
                 Some(out)
@@ -321,7 +332,10 @@ impl Checker<'_> {
         }
         for key in map.keys() {
             if !matches!(key.as_str(), Some("field" | "pattern")) {
-                self.problem(Some(&format!("match.{}", yaml_text(key))), "unknown key (a pattern rule has field and pattern)".to_string());
+                self.problem(
+                    Some(&format!("match.{}", yaml_text(key))),
+                    "unknown key (a pattern rule has field and pattern)".to_string(),
+                );
             }
         }
         let field = self.string(map.get("field"), "match.field", false);
@@ -371,7 +385,8 @@ impl Checker<'_> {
             }
             let tactic = self.string(map.get("tactic"), &at("tactic"), true);
             let technique_id = self.string(map.get("technique_id"), &at("technique_id"), true);
-            let sub_technique_id = self.string(map.get("sub_technique_id"), &at("sub_technique_id"), false).filter(|s| !s.is_empty());
+            let sub_technique_id =
+                self.string(map.get("sub_technique_id"), &at("sub_technique_id"), false).filter(|s| !s.is_empty());
             let confidence = match map.get("confidence") {
                 Some(Value::Number(n)) => match n.as_f64() {
                     Some(c) if (0.0..=1.0).contains(&c) => Some(c),
@@ -402,7 +417,10 @@ impl Checker<'_> {
             None | Some(Value::Null) => return examples,
             Some(Value::Mapping(map)) => map,
             Some(other) => {
-                self.problem(Some("tests"), format!("must be a mapping of match / no_match lists, got {}", yaml_text(other)));
+                self.problem(
+                    Some("tests"),
+                    format!("must be a mapping of match / no_match lists, got {}", yaml_text(other)),
+                );
                 return examples;
             }
         };
@@ -411,7 +429,10 @@ impl Checker<'_> {
                 Some("match") => &mut examples.must_match,
                 Some("no_match") => &mut examples.must_not_match,
                 _ => {
-                    self.problem(Some(&format!("tests.{}", yaml_text(key))), "unknown key (expected match or no_match)".to_string());
+                    self.problem(
+                        Some(&format!("tests.{}", yaml_text(key))),
+                        "unknown key (expected match or no_match)".to_string(),
+                    );
                     continue;
                 }
             };
@@ -423,7 +444,10 @@ impl Checker<'_> {
             for (i, item) in items.iter().enumerate() {
                 match to_json(item) {
                     Ok(payload @ Json::Obj(_)) => target.push(payload),
-                    Ok(other) => self.problem(Some(&format!("{field}[{i}]")), format!("must be a payload object, got {}", other.type_name())),
+                    Ok(other) => self.problem(
+                        Some(&format!("{field}[{i}]")),
+                        format!("must be a payload object, got {}", other.type_name()),
+                    ),
                     Err(e) => self.problem(Some(&format!("{field}[{i}]")), e),
                 }
             }
@@ -480,14 +504,18 @@ pub fn load_states(file: &Path, now_micros: i64) -> Result<BTreeMap<String, Rule
     let fail = |message: String| LoadError::State { file: file.to_path_buf(), message };
     let text = std::fs::read_to_string(file).map_err(|e| fail(e.to_string()))?;
     let doc: Value = serde_yaml::from_str(&text).map_err(|e| fail(format!("not valid YAML: {e}")))?;
-    let Value::Mapping(map) = doc else { return Err(fail("top level must be a mapping of rule id to state".to_string())) };
+    let Value::Mapping(map) = doc else {
+        return Err(fail("top level must be a mapping of rule id to state".to_string()));
+    };
     let mut states = BTreeMap::new();
     for (rule_id, entry) in map {
-        let rule_id = rule_id.as_str().ok_or_else(|| fail(format!("key {} is not a rule id", yaml_text(&rule_id))))?.to_string();
+        let rule_id =
+            rule_id.as_str().ok_or_else(|| fail(format!("key {} is not a rule id", yaml_text(&rule_id))))?.to_string();
         let at = |m: &str| fail(format!("rule \"{rule_id}\": {m}"));
         let Value::Mapping(entry) = entry else { return Err(at("state must be a mapping")) };
         for key in entry.keys() {
-            if !matches!(key.as_str(), Some("state" | "confidence_max" | "expires_at" | "reason" | "set_by" | "set_at")) {
+            if !matches!(key.as_str(), Some("state" | "confidence_max" | "expires_at" | "reason" | "set_by" | "set_at"))
+            {
                 return Err(at(&format!("unknown key \"{}\"", yaml_text(key))));
             }
         }
@@ -504,7 +532,10 @@ pub fn load_states(file: &Path, now_micros: i64) -> Result<BTreeMap<String, Rule
         };
         let expired = match entry.get("expires_at") {
             None | Some(Value::Null) => false,
-            Some(Value::String(s)) => time::parse_iso8601(s).ok_or_else(|| at(&format!("expires_at \"{s}\" is not an ISO-8601 time")))? < now_micros,
+            Some(Value::String(s)) => {
+                time::parse_iso8601(s).ok_or_else(|| at(&format!("expires_at \"{s}\" is not an ISO-8601 time")))?
+                    < now_micros
+            }
             Some(other) => return Err(at(&format!("expires_at must be a string, got {}", yaml_text(other)))),
         };
         states.insert(rule_id, RuleState { mode, confidence_max, expired });

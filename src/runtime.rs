@@ -191,7 +191,8 @@ fn write_tags(tags: Coll<'_, Tag>, writers: Option<Rc<RefCell<Writers>>>) {
         "write tags.jsonl",
         move |_, batch| {
             if let Some(w) = &writers {
-                w.borrow_mut().write(|w| batch.iter().try_for_each(|(tag, _)| w.tags.write_with(|line| tag_json(tag, line))));
+                w.borrow_mut()
+                    .write(|w| batch.iter().try_for_each(|(tag, _)| w.tags.write_with(|line| tag_json(tag, line))));
             }
         },
         || {},
@@ -205,7 +206,9 @@ fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Wri
         move |_, batch| {
             if let Some(w) = &writers {
                 w.borrow_mut().write(|w| {
-                    batch.iter().try_for_each(|(dead, _)| w.dead_letters.write_with(|line| dead_letter_json(dead, &inputs, line)))
+                    batch.iter().try_for_each(|(dead, _)| {
+                        w.dead_letters.write_with(|line| dead_letter_json(dead, &inputs, line))
+                    })
                 });
             }
         },
@@ -213,9 +216,12 @@ fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Wri
     );
 }
 
+/// Events waiting for their IP, by position: (IP, topic, multiplicity).
+type Waiting = BTreeMap<Pos, (String, String, Diff)>;
+
 /// Accumulates the pending collection; what remains when the input ends is unanchored.
 fn write_unanchored(pending: Coll<'_, (String, Event)>, writers: Option<Rc<RefCell<Writers>>>, inputs: Vec<PathBuf>) {
-    let state: Rc<RefCell<BTreeMap<Pos, (String, String, Diff)>>> = Rc::default();
+    let state: Rc<RefCell<Waiting>> = Rc::default();
     let accumulate = Rc::clone(&state);
     on_worker_zero(
         pending,

@@ -53,9 +53,9 @@ fn need(event: &Event) -> Need {
     if event.source_kind.is_none() || event.has_anchor() {
         return Need::Nothing;
     }
-    let ip = event.str_field("attacker_ip").or_else(|| {
-        event.topic.starts_with("canary.").then(|| event.str_field("src_ip")).flatten()
-    });
+    let ip = event
+        .str_field("attacker_ip")
+        .or_else(|| event.topic.starts_with("canary.").then(|| event.str_field("src_ip")).flatten());
     match ip {
         Some(ip) if ip != "Unknown" => Need::Ip(ip.to_string()),
         _ => Need::Impossible,
@@ -109,10 +109,11 @@ fn attackers_by_ip<'s>(tables: Coll<'s, TableUpdate>) -> ArrangedByKey<'s, Strin
         };
         (diff > 0).then_some((key, Some((pos, row)), time))
     });
-    let attackers = arrange_from_upsert::<ValBuilder<_, _, _, _>, ValSpine<String, (Pos, Option<AttackerRow>), Time, Diff>, _, _>(
-        upserts,
-        "decnet.attackers",
-    );
+    let attackers =
+        arrange_from_upsert::<ValBuilder<_, _, _, _>, ValSpine<String, (Pos, Option<AttackerRow>), Time, Diff>, _, _>(
+            upserts,
+            "decnet.attackers",
+        );
     attackers
         .as_collection(|_, (pos, row)| row.as_ref().and_then(|r| r.ip.clone().map(|ip| (ip, (*pos, r.uuid.clone())))))
         .flat_map(|x| x)
@@ -123,4 +124,95 @@ fn attackers_by_ip<'s>(tables: Coll<'s, TableUpdate>) -> ArrangedByKey<'s, Strin
             }
         })
         .arrange_by_key_named("attackers by ip")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use differential_dataflow::input::Input;
+
+    use super::*;
+    use crate::record::AttackerRow;
+
+    type Captured<D> = Arc<Mutex<Vec<(D, Time, Diff)>>>;
+
+    fn event(offset: u64, payload: &str) -> Event {
+        Event {
+            pos: Pos { input: 0, offset },
+            topic: "attacker.observed".into(),
+            event_type: String::new(),
+            source_kind: Some("session".into()),
+            event_time: None,
+            payload: Json::parse(payload).unwrap(),
+        }
+    }
+
+    fn attacker(offset: u64, uuid: &str, ip: Option<&str>) -> TableUpdate {
+        TableUpdate {
+            pos: Pos { input: 0, offset },
+            table: Table::Attackers,
+            key: uuid.into(),
+            row: ip.map(|ip| {
+                TableRow::Attacker(AttackerRow { uuid: uuid.into(), ip: Some(ip.into()), identity_id: None })
+            }),
+        }
+    }
+
+    fn consolidated<D: Ord + Clone>(captured: &Captured<D>) -> Vec<(D, Time, Diff)> {
+        let mut updates = captured.lock().unwrap().clone();
+        differential_dataflow::consolidation::consolidate_updates(&mut updates);
+        updates
+    }
+
+    /// Epoch 0: an event whose IP is unknown. Epoch 1: its attacker arrives. Epoch 2: the
+    /// attacker is deleted. Epoch 3: the IP moves to another attacker.
+    #[test]
+    fn events_wait_for_their_attacker_and_follow_its_row() {
+        let anchored: Captured<Event> = Arc::default();
+        let pending: Captured<(String, Event)> = Arc::default();
+        let dead: Captured<DeadLetter> = Arc::default();
+        let (a, p, d) = (Arc::clone(&anchored), Arc::clone(&pending), Arc::clone(&dead));
+        timely::execute_directly(move |worker| {
+            let (mut events, mut tables) = worker.dataflow::<Time, _, _>(|scope| {
+                let (events_in, events) = scope.new_collection::<Event, Diff>();
+                let (tables_in, tables) = scope.new_collection::<TableUpdate, Diff>();
+                let out = stage(events, tables);
+                out.events.inspect(move |x| a.lock().unwrap().push(x.clone()));
+                out.pending.inspect(move |x| p.lock().unwrap().push(x.clone()));
+                out.dead_letters.inspect(move |x| d.lock().unwrap().push(x.clone()));
+                (events_in, tables_in)
+            });
+            events.insert(event(0, r#"{"attacker_ip":"192.0.2.1"}"#));
+            events.insert(event(1, r#"{"attacker_uuid":"known"}"#));
+            events.insert(event(2, r#"{"attacker_ip":"Unknown"}"#));
+            events.advance_to(1);
+            tables.advance_to(1);
+            tables.insert(attacker(3, "a-1", Some("192.0.2.1")));
+            events.advance_to(2);
+            tables.advance_to(2);
+            tables.insert(attacker(4, "a-1", None));
+            events.advance_to(3);
+            tables.advance_to(3);
+            tables.insert(attacker(5, "a-2", Some("192.0.2.1")));
+        });
+        let waiting = event(0, r#"{"attacker_ip":"192.0.2.1"}"#);
+        let resolved = |uuid: &str| event(0, &format!(r#"{{"attacker_ip":"192.0.2.1","attacker_uuid":"{uuid}"}}"#));
+        let mut want_anchored = vec![
+            (event(1, r#"{"attacker_uuid":"known"}"#), 0, 1),
+            (resolved("a-1"), 1, 1),
+            (resolved("a-1"), 2, -1),
+            (resolved("a-2"), 3, 1),
+        ];
+        want_anchored.sort();
+        assert_eq!(consolidated(&anchored), want_anchored);
+        let key = |e: &Event| ("192.0.2.1".to_string(), e.clone());
+        assert_eq!(
+            consolidated(&pending),
+            vec![(key(&waiting), 0, 1), (key(&waiting), 1, -1), (key(&waiting), 2, 1), (key(&waiting), 3, -1)]
+        );
+        let dead = consolidated(&dead);
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].0.reason, dead[0].0.pos.offset, dead[0].1), (Reason::NoAnchor, 2, 0));
+    }
 }

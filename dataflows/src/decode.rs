@@ -52,7 +52,8 @@ const TOPIC_SOURCE_KIND: &[(&str, &str)] = &[
 ];
 
 /// Payload fields read as event time, most specific first; the envelope `ts` is the fallback.
-const EVENT_TIME_FIELDS: &[&str] = &["ended_at", "observed_at", "seen_at", "received_at", "first_seen", "ts", "timestamp"];
+const EVENT_TIME_FIELDS: &[&str] =
+    &["ended_at", "observed_at", "seen_at", "received_at", "first_seen", "ts", "timestamp"];
 
 /// The JSON types a payload field may have.
 #[derive(Clone, Copy)]
@@ -131,16 +132,22 @@ impl<'s> Decodes<'s> {
 }
 
 /// The stage: each record decoded once, then split three ways without copies.
+// The `Result`s below only route records to two outputs; they are not errors.
+#[allow(clippy::result_large_err)]
 pub fn stage<'s>(lines: Coll<'s, Line>) -> Decodes<'s> {
-    let (oks, dead_letters) = lines.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(line, time, diff): (Line, Time, Diff)| match decode(line) {
-        Decoded::Dead(dead) => Err((dead, time, diff)),
-        other => Ok((other, time, diff)),
-    });
-    let (events, tables) = oks.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(decoded, time, diff): (Decoded, Time, Diff)| match decoded {
-        Decoded::Event(event) => Ok((event, time, diff)),
-        Decoded::Table(update) => Err((update, time, diff)),
-        Decoded::Dead(_) => unreachable!("dead letters were split off above"),
-    });
+    let (oks, dead_letters) =
+        lines.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(line, time, diff): (Line, Time, Diff)| match decode(line) {
+            Decoded::Dead(dead) => Err((dead, time, diff)),
+            Decoded::Event(event) => Ok((Ok(event), time, diff)),
+            Decoded::Table(update) => Ok((Err(update), time, diff)),
+        });
+    let (events, tables) =
+        oks.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(routed, time, diff): (Result<Event, TableUpdate>, Time, Diff)| {
+            match routed {
+                Ok(event) => Ok((event, time, diff)),
+                Err(update) => Err((update, time, diff)),
+            }
+        });
     Decodes {
         events: events.as_collection(),
         tables: tables.as_collection(),
@@ -151,13 +158,19 @@ pub fn stage<'s>(lines: Coll<'s, Line>) -> Decodes<'s> {
 /// Decodes one record.
 pub fn decode(line: Line) -> Decoded {
     let pos = line.pos;
-    let dead = |topic: Option<String>, reason: Reason, detail: String| Decoded::Dead(DeadLetter { pos, topic, reason, detail });
+    let dead = |topic: Option<String>, reason: Reason, detail: String| {
+        Decoded::Dead(DeadLetter { pos, topic, reason, detail })
+    };
     let text = match line.text {
         Ok(text) => text,
         Err(detail) => return dead(line.topic, Reason::InvalidUtf8, detail),
     };
     if text.len() > MAX_RECORD_BYTES {
-        return dead(line.topic, Reason::Oversize, format!("record of {} bytes exceeds {MAX_RECORD_BYTES}", text.len()));
+        return dead(
+            line.topic,
+            Reason::Oversize,
+            format!("record of {} bytes exceeds {MAX_RECORD_BYTES}", text.len()),
+        );
     }
     let value = match Json::parse(&text) {
         Ok(v) => v,
@@ -169,7 +182,9 @@ pub fn decode(line: Line) -> Decoded {
     let topic = match (line.topic, value.get("topic")) {
         (Some(t), _) => t,
         (None, Some(Json::Str(t))) => t.clone(),
-        (None, Some(other)) => return dead(None, Reason::WrongType, format!("field \"topic\" is {}, expected string", other.type_name())),
+        (None, Some(other)) => {
+            return dead(None, Reason::WrongType, format!("field \"topic\" is {}, expected string", other.type_name()))
+        }
         (None, None) => return dead(None, Reason::MissingField, "record has no \"topic\"".to_string()),
     };
     let result = if let Some(table) = Table::from_topic(&topic) {
@@ -219,10 +234,7 @@ fn decode_event(pos: crate::record::Pos, topic: &str, value: Json) -> DecodeResu
     if topic == "attacker.fingerprinted" && event_type.is_empty() {
         return Err((Reason::MissingField, "attacker.fingerprinted envelope has no \"type\"".to_string()));
     }
-    let event_time = EVENT_TIME_FIELDS
-        .iter()
-        .find_map(|f| payload.get(f).and_then(time::from_json))
-        .or(envelope_ts);
+    let event_time = EVENT_TIME_FIELDS.iter().find_map(|f| payload.get(f).and_then(time::from_json)).or(envelope_ts);
     Ok(Event {
         pos,
         topic: topic.to_string(),
@@ -236,13 +248,10 @@ fn decode_event(pos: crate::record::Pos, topic: &str, value: Json) -> DecodeResu
 fn check_fields(object: &Json, fields: &[(&str, Ty)], prefix: &str) -> DecodeResult<()> {
     for (field, ty) in fields {
         let Some(value) = object.get(field) else { continue };
-        let ok = match (ty, value) {
-            (_, Json::Null) => true,
-            (Ty::Str, Json::Str(_)) => true,
-            (Ty::Id, Json::Str(_) | Json::Num(_)) => true,
-            (Ty::Arr, Json::Arr(_)) => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (ty, value),
+            (_, Json::Null) | (Ty::Str, Json::Str(_)) | (Ty::Id, Json::Str(_) | Json::Num(_)) | (Ty::Arr, Json::Arr(_))
+        );
         if !ok {
             let expected = match ty {
                 Ty::Str => "string",
@@ -268,7 +277,9 @@ fn decode_table(pos: crate::record::Pos, table: Table, record: &Json) -> DecodeR
     };
     // A Debezium change envelope carries the row in `after` (null on delete).
     let row = match value {
-        Json::Obj(_) if value.has("op") && (value.has("after") || value.has("before")) => value.get("after").unwrap_or(&Json::Null),
+        Json::Obj(_) if value.has("op") && (value.has("after") || value.has("before")) => {
+            value.get("after").unwrap_or(&Json::Null)
+        }
         _ => value,
     };
     let row = match row {
@@ -334,7 +345,9 @@ mod tests {
 
     #[test]
     fn decodes_an_envelope() {
-        let d = decode(line(r#"{"topic":"attacker.session.ended","type":"session.ended","payload":{"attacker_ip":"1.2.3.4","ended_at":"2026-01-01T00:00:00Z"}}"#));
+        let d = decode(line(
+            r#"{"topic":"attacker.session.ended","type":"session.ended","payload":{"attacker_ip":"1.2.3.4","ended_at":"2026-01-01T00:00:00Z"}}"#,
+        ));
         let Decoded::Event(e) = d else { panic!("{d:?}") };
         assert_eq!(e.source_kind.as_deref(), Some("session"));
         assert_eq!(e.event_time, Some(1_767_225_600_000_000));
@@ -343,9 +356,13 @@ mod tests {
 
     #[test]
     fn decodes_table_records_and_debezium() {
-        let d = decode(line(r#"{"topic":"decnet.attackers","key":"a1","value":{"uuid":"a1","ip":"1.2.3.4","identity_id":null}}"#));
+        let d = decode(line(
+            r#"{"topic":"decnet.attackers","key":"a1","value":{"uuid":"a1","ip":"1.2.3.4","identity_id":null}}"#,
+        ));
         assert!(matches!(d, Decoded::Table(TableUpdate { row: Some(TableRow::Attacker(AttackerRow { .. })), .. })));
-        let d = decode(line(r#"{"topic":"decnet.attackers","key":"a1","value":{"before":{"uuid":"a1"},"after":null,"op":"d"}}"#));
+        let d = decode(line(
+            r#"{"topic":"decnet.attackers","key":"a1","value":{"before":{"uuid":"a1"},"after":null,"op":"d"}}"#,
+        ));
         assert!(matches!(d, Decoded::Table(TableUpdate { row: None, .. })));
     }
 
@@ -357,7 +374,10 @@ mod tests {
         assert_eq!(reason(r#"{"topic":"system.ttp.health","payload":{}}"#), Reason::UnknownTopic);
         assert_eq!(reason(r#"{"topic":"attacker.observed","payload":{"attacker_ip":5}}"#), Reason::WrongType);
         assert_eq!(reason(r#"{"topic":"attacker.session.ended","payload":{"commands":[1]}}"#), Reason::WrongType);
-        assert_eq!(reason(r#"{"topic":"attacker.session.ended","payload":{"commands":[{"command_text":["x"]}]}}"#), Reason::WrongType);
+        assert_eq!(
+            reason(r#"{"topic":"attacker.session.ended","payload":{"commands":[{"command_text":["x"]}]}}"#),
+            Reason::WrongType
+        );
         assert_eq!(reason(r#"{"topic":"attacker.session.ended","payload":[]}"#), Reason::WrongType);
         assert_eq!(reason(r#"{"topic":"decnet.attackers","key":"a","value":{"ip":7}}"#), Reason::WrongType);
         assert_eq!(reason(r#"{"topic":"attacker.fingerprinted","payload":{}}"#), Reason::MissingField);

@@ -16,7 +16,8 @@ use crate::record::{Event, Subject};
 use crate::time;
 use crate::types::Coll;
 
-const SOURCE_ID_FIELDS: &[&str] = &["source_id", "session_id", "token_id", "identity_uuid", "credential_id", "attacker_uuid", "uuid"];
+const SOURCE_ID_FIELDS: &[&str] =
+    &["source_id", "session_id", "token_id", "identity_uuid", "credential_id", "attacker_uuid", "uuid"];
 const COMMAND_ID_FIELDS: &[&str] = &["id", "uuid", "command_id"];
 
 /// The stage: every anchored event becomes its subjects.
@@ -26,11 +27,7 @@ pub fn stage<'s>(events: Coll<'s, Event>) -> Coll<'s, Subject> {
 
 /// The first truthy field of `fields` in `object`, through Python's `str()`.
 fn first_truthy(object: &Json, fields: &[&str]) -> Option<String> {
-    fields
-        .iter()
-        .filter_map(|f| object.get(f))
-        .find(|v| v.is_truthy())
-        .and_then(Json::python_str)
+    fields.iter().filter_map(|f| object.get(f)).find(|v| v.is_truthy()).and_then(Json::python_str)
 }
 
 /// DECNET's `_str_or_none` of a payload field.
@@ -117,7 +114,11 @@ mod tests {
 
     #[test]
     fn source_id_priority_and_python_truthiness() {
-        let s = subjects(event("attacker.observed", Some("session"), r#"{"source_id":"","session_id":null,"token_id":0,"attacker_uuid":"a","uuid":"u"}"#));
+        let s = subjects(event(
+            "attacker.observed",
+            Some("session"),
+            r#"{"source_id":"","session_id":null,"token_id":0,"attacker_uuid":"a","uuid":"u"}"#,
+        ));
         assert_eq!(s[0].source_id, "a");
         let s = subjects(event("attacker.observed", Some("session"), r#"{"session_id":42}"#));
         assert_eq!(s[0].source_id, "42");
@@ -135,7 +136,13 @@ mod tests {
         let ids: Vec<_> = s.iter().map(|x| (x.source_kind.as_str(), x.source_id.as_str())).collect();
         assert_eq!(
             ids,
-            [("command", "s1#cmd0"), ("command", "c9"), ("command", "s1#cmd2"), ("command", "s1#cmd5"), ("session", "s1")]
+            [
+                ("command", "s1#cmd0"),
+                ("command", "c9"),
+                ("command", "s1#cmd2"),
+                ("command", "s1#cmd5"),
+                ("session", "s1")
+            ]
         );
         assert_eq!(s[0].payload.to_json_string(), r#"{"command_text":"id"}"#);
         assert_eq!(s[1].payload.get("user").and_then(Json::as_str), Some("root"));

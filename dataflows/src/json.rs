@@ -43,9 +43,7 @@ impl Json {
     /// Parses one JSON document.
     pub fn parse(text: &str) -> Result<Json, JsonError> {
         let mut de = serde_json::Deserializer::from_str(text);
-        let value = JsonSeed
-            .deserialize(&mut de)
-            .map_err(|e| JsonError(e.to_string()))?;
+        let value = JsonSeed.deserialize(&mut de).map_err(|e| JsonError(e.to_string()))?;
         de.end().map_err(|e| JsonError(e.to_string()))?;
         Ok(value)
     }
@@ -277,14 +275,7 @@ mod tests {
 
     #[test]
     fn python_str_of_scalars() {
-        let cases = [
-            ("5", "5"),
-            ("5.0", "5.0"),
-            ("0.25", "0.25"),
-            ("1e20", "1e+20"),
-            ("true", "True"),
-            ("\"x\"", "x"),
-        ];
+        let cases = [("5", "5"), ("5.0", "5.0"), ("0.25", "0.25"), ("1e20", "1e+20"), ("true", "True"), ("\"x\"", "x")];
         for (text, want) in cases {
             assert_eq!(Json::parse(text).unwrap().python_str().unwrap(), want, "{text}");
         }
@@ -293,7 +284,16 @@ mod tests {
 
     #[test]
     fn truthiness_follows_python() {
-        for (text, want) in [("0", false), ("0.0", false), ("\"\"", false), ("[]", false), ("{}", false), ("null", false), ("1", true), ("\"0\"", true)] {
+        for (text, want) in [
+            ("0", false),
+            ("0.0", false),
+            ("\"\"", false),
+            ("[]", false),
+            ("{}", false),
+            ("null", false),
+            ("1", true),
+            ("\"0\"", true),
+        ] {
             assert_eq!(Json::parse(text).unwrap().is_truthy(), want, "{text}");
         }
     }

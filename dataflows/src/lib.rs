@@ -51,7 +51,8 @@ pub fn build<'s>(records: Coll<'s, Line>, pack: Arc<RulePack>) -> Outputs<'s> {
     let anchored = scope.region_named("anchor", |r| {
         anchor::stage(decoded.events.enter_region(r), decoded.tables.enter_region(r)).leave(scope)
     });
-    let subjects = scope.region_named("fan-out", |r| fanout::stage(anchored.events.enter_region(r)).leave_region(scope));
+    let subjects =
+        scope.region_named("fan-out", |r| fanout::stage(anchored.events.enter_region(r)).leave_region(scope));
     let tags = scope.region_named("detect", |r| detect(subjects.enter_region(r), pack).leave_region(scope));
     let stored = scope.region_named("store", |r| store::stage(tags.enter_region(r)).leave_region(scope));
     Outputs {

@@ -17,16 +17,36 @@ use crate::pyregex::PyRegex;
 /// A compiled structured predicate.
 #[derive(Clone, Debug)]
 pub enum Predicate {
-    Beaconing { min_interval_s: f64, max_jitter_pct: f64 },
-    DataDestruction { patterns: Vec<PyRegex> },
-    RansomNote { keywords: Vec<String>, require_btc_or_xmr: bool },
-    ExfilOverWeb { min_payload_bytes: f64, request_threshold: i64 },
-    DbMassRead { min_rows: i64, min_bytes: i64 },
+    Beaconing {
+        min_interval_s: f64,
+        max_jitter_pct: f64,
+    },
+    DataDestruction {
+        patterns: Vec<PyRegex>,
+    },
+    RansomNote {
+        keywords: Vec<String>,
+        require_btc_or_xmr: bool,
+    },
+    ExfilOverWeb {
+        min_payload_bytes: f64,
+        request_threshold: i64,
+    },
+    DbMassRead {
+        min_rows: i64,
+        min_bytes: i64,
+    },
     /// Credentials in files (R0036) and Kubernetes service-account tokens (R0037).
-    PathMatch { patterns: Vec<PyRegex> },
-    DockerEscape { signals: Vec<String> },
+    PathMatch {
+        patterns: Vec<PyRegex>,
+    },
+    DockerEscape {
+        signals: Vec<String>,
+    },
     LlmnrPoisoning,
-    TftpRouterConfig { patterns: Vec<PyRegex> },
+    TftpRouterConfig {
+        patterns: Vec<PyRegex>,
+    },
     /// A lifter kind this build loads and keeps but does not evaluate.
     NotEvaluated,
 }
@@ -58,7 +78,11 @@ impl Params<'_> {
             None => Ok(Vec::new()),
             Some(Json::Arr(items)) => items
                 .iter()
-                .map(|i| i.as_str().map(str::to_string).ok_or_else(|| format!("parameter \"{key}\" must list strings, got {}", i.type_name())))
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("parameter \"{key}\" must list strings, got {}", i.type_name()))
+                })
                 .collect(),
             Some(v) => Err(format!("parameter \"{key}\" must be a list of strings, got {}", v.type_name())),
         }
@@ -67,7 +91,10 @@ impl Params<'_> {
     fn patterns(&self, key: &str) -> Result<Vec<PyRegex>, String> {
         self.strings(key)?
             .iter()
-            .map(|p| PyRegex::new(p).map_err(|e| format!("parameter \"{key}\": pattern {p:?} does not compile: {}", e.message)))
+            .map(|p| {
+                PyRegex::new(p)
+                    .map_err(|e| format!("parameter \"{key}\": pattern {p:?} does not compile: {}", e.message))
+            })
             .collect()
     }
 }
@@ -126,7 +153,9 @@ pub fn compile(kind: &str, params: &Json) -> Result<Predicate, String> {
         }
         "lifter:behavioral_docker_escape" => Predicate::DockerEscape { signals: p.strings("signals")? },
         "lifter:behavioral_llmnr_poisoning" => Predicate::LlmnrPoisoning,
-        "lifter:behavioral_tftp_router_config" => Predicate::TftpRouterConfig { patterns: p.patterns("filename_patterns")? },
+        "lifter:behavioral_tftp_router_config" => {
+            Predicate::TftpRouterConfig { patterns: p.patterns("filename_patterns")? }
+        }
         _ => Predicate::NotEvaluated,
     })
 }
@@ -134,7 +163,8 @@ pub fn compile(kind: &str, params: &Json) -> Result<Predicate, String> {
 fn btc() -> &'static PyRegex {
     static RE: OnceLock<PyRegex> = OnceLock::new();
     RE.get_or_init(|| {
-        PyRegex::new(r"\b(?:[13][a-km-zA-HJ-NP-Z1-9]{25,34}|bc1[ac-hj-np-z02-9]{11,71})\b").expect("the BTC address pattern compiles")
+        PyRegex::new(r"\b(?:[13][a-km-zA-HJ-NP-Z1-9]{25,34}|bc1[ac-hj-np-z02-9]{11,71})\b")
+            .expect("the BTC address pattern compiles")
     })
 }
 
@@ -165,8 +195,11 @@ impl Predicate {
             Predicate::RansomNote { keywords, require_btc_or_xmr } => {
                 let text = first_truthy_str(payload, &["body_text", "note_text"])?;
                 let lower = text.to_lowercase();
-                let matched: Vec<Json> =
-                    keywords.iter().filter(|k| lower.contains(&k.to_lowercase())).map(|k| Json::Str(k.clone())).collect();
+                let matched: Vec<Json> = keywords
+                    .iter()
+                    .filter(|k| lower.contains(&k.to_lowercase()))
+                    .map(|k| Json::Str(k.clone()))
+                    .collect();
                 if matched.is_empty() {
                     return None;
                 }
@@ -174,11 +207,15 @@ impl Predicate {
                     return Some(extra("matched_keywords", Json::Arr(matched)));
                 }
                 let address = btc().find(text).or_else(|| xmr().find(text))?;
-                Some(vec![("btc_address".to_string(), Json::Str(address)), ("matched_keywords".to_string(), Json::Arr(matched))])
+                Some(vec![
+                    ("btc_address".to_string(), Json::Str(address)),
+                    ("matched_keywords".to_string(), Json::Arr(matched)),
+                ])
             }
             Predicate::ExfilOverWeb { min_payload_bytes, request_threshold } => {
                 let bytes_hit = payload.get("bytes_out").and_then(number).is_some_and(|b| b >= *min_payload_bytes);
-                let requests_hit = payload.get("request_count").and_then(integer).is_some_and(|r| r >= *request_threshold as f64);
+                let requests_hit =
+                    payload.get("request_count").and_then(integer).is_some_and(|r| r >= *request_threshold as f64);
                 (bytes_hit || requests_hit).then(Extra::new)
             }
             Predicate::DbMassRead { min_rows, min_bytes } => {
@@ -223,7 +260,11 @@ mod tests {
         let params = r#"{"max_jitter_pct":0.15,"min_interval_s":10}"#;
         let k = "lifter:behavioral_beaconing";
         assert_eq!(fires(k, params, r#"{"beacon_interval_s":60,"beacon_jitter_pct":0.05}"#).as_deref(), Some("{}"));
-        assert_eq!(fires(k, params, r#"{"beacon_interval_s":10,"beacon_jitter_pct":0.15}"#).as_deref(), Some("{}"), "bounds are inclusive");
+        assert_eq!(
+            fires(k, params, r#"{"beacon_interval_s":10,"beacon_jitter_pct":0.15}"#).as_deref(),
+            Some("{}"),
+            "bounds are inclusive"
+        );
         assert_eq!(fires(k, params, r#"{"beacon_interval_s":0,"beacon_jitter_pct":0}"#), None);
         assert_eq!(fires(k, params, r#"{"beacon_interval_s":"60","beacon_jitter_pct":0.05}"#), None);
     }
@@ -232,8 +273,14 @@ mod tests {
     fn path_match_reports_the_path() {
         let k = "lifter:behavioral_credentials_in_files";
         let params = r#"{"paths":["\\.env","\\.git/config"]}"#;
-        assert_eq!(fires(k, params, r#"{"request_path":"/var/www/.env"}"#).as_deref(), Some(r#"{"matched_path":"/var/www/.env"}"#));
-        assert_eq!(fires(k, params, r#"{"matched_path":"","request_path":"/.git/config"}"#).as_deref(), Some(r#"{"matched_path":"/.git/config"}"#));
+        assert_eq!(
+            fires(k, params, r#"{"request_path":"/var/www/.env"}"#).as_deref(),
+            Some(r#"{"matched_path":"/var/www/.env"}"#)
+        );
+        assert_eq!(
+            fires(k, params, r#"{"matched_path":"","request_path":"/.git/config"}"#).as_deref(),
+            Some(r#"{"matched_path":"/.git/config"}"#)
+        );
         assert_eq!(fires(k, params, r#"{"request_path":"/index.html"}"#), None);
         assert_eq!(fires(k, params, r#"{"request_path":7}"#), None);
     }
@@ -242,8 +289,14 @@ mod tests {
     fn data_destruction_names_the_pattern() {
         let k = "lifter:behavioral_data_destruction";
         let params = r#"{"patterns":["FLUSHALL","DROP\\s+DATABASE","DELETE\\s+/\\_all"]}"#;
-        assert_eq!(fires(k, params, r#"{"op_text":"DROP  DATABASE x"}"#).as_deref(), Some(r#"{"matched_op":"DROP\\s+DATABASE"}"#));
-        assert_eq!(fires(k, params, r#"{"op_text":"","command_text":"DELETE /_all"}"#).as_deref(), Some(r#"{"matched_op":"DELETE\\s+/\\_all"}"#));
+        assert_eq!(
+            fires(k, params, r#"{"op_text":"DROP  DATABASE x"}"#).as_deref(),
+            Some(r#"{"matched_op":"DROP\\s+DATABASE"}"#)
+        );
+        assert_eq!(
+            fires(k, params, r#"{"op_text":"","command_text":"DELETE /_all"}"#).as_deref(),
+            Some(r#"{"matched_op":"DELETE\\s+/\\_all"}"#)
+        );
         assert_eq!(fires(k, params, r#"{"op_text":"GET x"}"#), None);
     }
 
@@ -257,7 +310,10 @@ mod tests {
             Some(r#"{"btc_address":"1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa","matched_keywords":["bitcoin","ransom"]}"#)
         );
         assert_eq!(fires(k, params, r#"{"note_text":"pay the ransom"}"#), None);
-        assert_eq!(fires(k, r#"{"payment_keywords":["ransom"]}"#, r#"{"body_text":"ransom"}"#).as_deref(), Some(r#"{"matched_keywords":["ransom"]}"#));
+        assert_eq!(
+            fires(k, r#"{"payment_keywords":["ransom"]}"#, r#"{"body_text":"ransom"}"#).as_deref(),
+            Some(r#"{"matched_keywords":["ransom"]}"#)
+        );
     }
 
     #[test]
@@ -277,7 +333,10 @@ mod tests {
     fn signals_llmnr_and_tftp() {
         let k = "lifter:behavioral_docker_escape";
         let params = r#"{"signals":["privileged:true","bind:/etc"]}"#;
-        assert_eq!(fires(k, params, r#"{"signals":["x","bind:/etc"]}"#).as_deref(), Some(r#"{"matched_signal":"bind:/etc"}"#));
+        assert_eq!(
+            fires(k, params, r#"{"signals":["x","bind:/etc"]}"#).as_deref(),
+            Some(r#"{"matched_signal":"bind:/etc"}"#)
+        );
         assert_eq!(fires(k, params, r#"{"signals":"bind:/etc"}"#), None);
         let k = "lifter:behavioral_llmnr_poisoning";
         assert!(fires(k, "{}", r#"{"llmnr_poisoned":true}"#).is_some());
@@ -291,7 +350,8 @@ mod tests {
 
     #[test]
     fn wrong_parameters_are_load_errors() {
-        let err = compile("lifter:behavioral_beaconing", &Json::parse(r#"{"min_interval_s":"ten"}"#).unwrap()).unwrap_err();
+        let err =
+            compile("lifter:behavioral_beaconing", &Json::parse(r#"{"min_interval_s":"ten"}"#).unwrap()).unwrap_err();
         assert!(err.contains("min_interval_s"), "{err}");
         let err = compile("lifter:behavioral_k8s_sa_token", &Json::parse(r#"{"paths":["(a"]}"#).unwrap()).unwrap_err();
         assert!(err.contains("does not compile"), "{err}");

@@ -49,9 +49,7 @@ impl Event {
 
     /// Whether DECNET would consider the event anchored without an IP lookup.
     pub fn has_anchor(&self) -> bool {
-        ["attacker_uuid", "identity_uuid"]
-            .iter()
-            .any(|k| self.payload.get(k).is_some_and(Json::is_truthy))
+        ["attacker_uuid", "identity_uuid"].iter().any(|k| self.payload.get(k).is_some_and(Json::is_truthy))
     }
 }
 

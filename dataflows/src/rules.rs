@@ -226,7 +226,8 @@ impl Rule {
 fn fires(rule: &Rule, subject: &Subject) -> Option<Extra> {
     match &rule.matcher {
         Matcher::Regex { field, regex } => {
-            let field = field.as_deref().filter(|f| !f.is_empty()).or_else(|| default_match_field(&subject.source_kind))?;
+            let field =
+                field.as_deref().filter(|f| !f.is_empty()).or_else(|| default_match_field(&subject.source_kind))?;
             let haystack = subject.payload.get(field)?.as_str()?;
             regex.is_match(haystack).then(Extra::new)
         }
@@ -273,7 +274,12 @@ mod tests {
             matcher: Matcher::Regex { field: None, regex: PyRegex::new(pattern).unwrap() },
             emits: vec![
                 Emit { tactic: "TA0007".into(), technique_id: "T1083".into(), sub_technique_id: None, confidence: 0.9 },
-                Emit { tactic: "TA0006".into(), technique_id: "T1003".into(), sub_technique_id: Some("T1003.008".into()), confidence: 0.3 },
+                Emit {
+                    tactic: "TA0006".into(),
+                    technique_id: "T1003".into(),
+                    sub_technique_id: Some("T1003.008".into()),
+                    confidence: 0.3,
+                },
             ],
             evidence_fields: vec!["command_text".into(), "missing".into(), "user".into()],
             state,
@@ -304,7 +310,10 @@ mod tests {
 
     #[test]
     fn evidence_is_rule_fields_then_aux_fields() {
-        let tags = run(RuleState::default(), r#"{"command_text":"cat /etc/shadow","user":"root","pwd":"/","uid":"0","id":"x"}"#);
+        let tags = run(
+            RuleState::default(),
+            r#"{"command_text":"cat /etc/shadow","user":"root","pwd":"/","uid":"0","id":"x"}"#,
+        );
         assert_eq!(tags.len(), 2);
         assert_eq!(
             tags[0].evidence.to_json_string(),

@@ -21,13 +21,18 @@ use timely::dataflow::operators::Capability;
 use crate::record::Tag;
 use crate::types::{Coll, Diff, Time};
 
+/// The updates of one epoch not yet complete, with the capability to emit at its time.
+type Pending = (Capability<Time>, Vec<(Tag, Diff)>);
+
 /// The stage.
 pub fn stage<'s>(tags: Coll<'s, Tag>) -> Coll<'s, Tag> {
-    let exchange = Exchange::new(|(tag, _, _): &(Tag, Time, Diff)| u64::from_le_bytes(tag.uuid[..8].try_into().unwrap_or_default()));
+    let exchange = Exchange::new(|(tag, _, _): &(Tag, Time, Diff)| {
+        u64::from_le_bytes(tag.uuid[..8].try_into().unwrap_or_default())
+    });
     tags.inner
         .unary_frontier(exchange, "store tags", |_cap, _info| {
             let mut stored: HashSet<[u8; 16]> = HashSet::new();
-            let mut stash: BTreeMap<Time, (Capability<Time>, Vec<(Tag, Diff)>)> = BTreeMap::new();
+            let mut stash: BTreeMap<Time, Pending> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     for (tag, time, diff) in data.drain(..) {
@@ -93,7 +98,8 @@ mod tests {
     #[test]
     fn earliest_record_wins_and_uuids_are_stored_once() {
         let mut stored = HashSet::new();
-        let first = first_insertions(vec![(tag(9, 1), 1), (tag(3, 1), 1), (tag(5, 2), 1), (tag(5, 2), -1)], &mut stored);
+        let first =
+            first_insertions(vec![(tag(9, 1), 1), (tag(3, 1), 1), (tag(5, 2), 1), (tag(5, 2), -1)], &mut stored);
         assert_eq!(first, vec![tag(3, 1)]);
         let second = first_insertions(vec![(tag(1, 1), 1), (tag(7, 3), 1)], &mut stored);
         assert_eq!(second, vec![tag(7, 3)], "uuid 1 was stored in an earlier epoch");

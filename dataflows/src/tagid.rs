@@ -10,11 +10,16 @@ use uuid::Uuid;
 pub const TAG_NAMESPACE: Uuid = Uuid::from_u128(0x1ca31f08_5522_5aae_8371_fe81f0e39de3);
 
 /// The uuid of the tag a rule emits for a subject.
-pub fn tag_uuid(source_kind: &str, source_id: &str, rule_id: &str, rule_version: i64, technique_id: &str, sub_technique_id: Option<&str>) -> Uuid {
-    let key = format!(
-        "{source_kind}|{source_id}|{rule_id}|{rule_version}|{technique_id}|{}",
-        sub_technique_id.unwrap_or("")
-    );
+pub fn tag_uuid(
+    source_kind: &str,
+    source_id: &str,
+    rule_id: &str,
+    rule_version: i64,
+    technique_id: &str,
+    sub_technique_id: Option<&str>,
+) -> Uuid {
+    let key =
+        format!("{source_kind}|{source_id}|{rule_id}|{rule_version}|{technique_id}|{}", sub_technique_id.unwrap_or(""));
     Uuid::new_v5(&TAG_NAMESPACE, key.as_bytes())
 }
 

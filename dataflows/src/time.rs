@@ -10,7 +10,13 @@ use crate::json::Json;
 /// (no offset = UTC). `None` when the text is not such a timestamp.
 pub fn parse_iso8601(text: &str) -> Option<i64> {
     let b = text.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b' ' || b[10] == b't') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b' ' || b[10] == b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |s: &[u8]| -> Option<i64> {
@@ -54,11 +60,9 @@ pub fn parse_iso8601(text: &str) -> Option<i64> {
 pub fn from_json(value: &Json) -> Option<i64> {
     match value {
         Json::Str(s) => parse_iso8601(s),
-        Json::Num(n) => n
-            .parse::<f64>()
-            .ok()
-            .filter(|x| x.is_finite() && x.abs() < 1e12)
-            .map(|x| (x * 1e6).round() as i64),
+        Json::Num(n) => {
+            n.parse::<f64>().ok().filter(|x| x.is_finite() && x.abs() < 1e12).map(|x| (x * 1e6).round() as i64)
+        }
         _ => None,
     }
 }

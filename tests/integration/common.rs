@@ -15,7 +15,9 @@ pub fn root() -> PathBuf {
 /// DECNET's conformance data (`TTPFLOW_CONFORMANCE_DIR`, else `../shared/conformance`),
 /// or `None` after printing why the caller skips.
 pub fn conformance(what: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("TTPFLOW_CONFORMANCE_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("../shared/conformance"));
+    let dir = std::env::var_os("TTPFLOW_CONFORMANCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/conformance"));
     if dir.join("decnet/rules").is_dir() {
         Some(dir)
     } else {
@@ -36,7 +38,10 @@ pub struct Output {
 
 pub fn read_jsonl(path: &Path) -> (String, Vec<Value>) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let rows = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display()))).collect();
+    let rows = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
+        .collect();
     (text, rows)
 }
 

@@ -24,7 +24,8 @@ fn tiny_pack(dir: &Path) -> PathBuf {
     rules
 }
 
-const ATTACKER: &str = r#"{"topic":"decnet.attackers","key":"a-1","value":{"uuid":"a-1","ip":"192.0.2.1","identity_id":null}}"#;
+const ATTACKER: &str =
+    r#"{"topic":"decnet.attackers","key":"a-1","value":{"uuid":"a-1","ip":"192.0.2.1","identity_id":null}}"#;
 const SESSION: &str = r#"{"topic":"attacker.session.ended","type":"session.ended","payload":{"attacker_ip":"192.0.2.1","attacker_uuid":null,"session_id":"s-1","decky_id":"d-1","commands":["cat /etc/shadow",{"command_text":"sudo cat /etc/shadow","id":"c-9","user":"root","ts":"2026-01-01T00:00:01Z"}]}}"#;
 const HTTP: &str = r#"{"topic":"attacker.fingerprinted","type":"http_request","payload":{"attacker_ip":"192.0.2.1","raw_url":"/","user_agent":"Nikto/2.5"}}"#;
 
@@ -75,17 +76,17 @@ fn every_kind_of_bad_input_is_a_dead_letter_and_the_job_goes_on() {
     let oversize = format!(r#"{{"topic":"attacker.observed","payload":{{"x":"{}"}}}}"#, "a".repeat(5 << 20));
     let lines: Vec<&str> = vec![
         ATTACKER,
-        "{not json",                                                                             // 2
-        "[1,2,3]",                                                                               // 3
-        r#"{"payload":{}}"#,                                                                     // 4
-        r#"{"topic":"attacker.teleported","payload":{}}"#,                                       // 5
-        r#"{"topic":"attacker.session.ended","payload":{"attacker_ip":["192.0.2.1"]}}"#,         // 6
-        r#"{"topic":"attacker.session.ended","payload":{"commands":[{"command_text":1}]}}"#,     // 7
-        &oversize,                                                                               // 8
+        "{not json",                                                                              // 2
+        "[1,2,3]",                                                                                // 3
+        r#"{"payload":{}}"#,                                                                      // 4
+        r#"{"topic":"attacker.teleported","payload":{}}"#,                                        // 5
+        r#"{"topic":"attacker.session.ended","payload":{"attacker_ip":["192.0.2.1"]}}"#,          // 6
+        r#"{"topic":"attacker.session.ended","payload":{"commands":[{"command_text":1}]}}"#,      // 7
+        &oversize,                                                                                // 8
         r#"{"topic":"attacker.session.ended","payload":{"session_id":"s-9","commands":["id"]}}"#, // 9
-        r#"{"topic":"attacker.session.ended","payload":{"attacker_ip":"203.0.113.7"}}"#,         // 10
-        "PLACEHOLDER",                                                                           // 11
-        SESSION,                                                                                 // 12
+        r#"{"topic":"attacker.session.ended","payload":{"attacker_ip":"203.0.113.7"}}"#,          // 10
+        "PLACEHOLDER",                                                                            // 11
+        SESSION,                                                                                  // 12
     ];
     let path = dir.path().join("bad.jsonl");
     let mut bytes = Vec::new();
@@ -99,7 +100,8 @@ fn every_kind_of_bad_input_is_a_dead_letter_and_the_job_goes_on() {
     }
     std::fs::write(&path, bytes).unwrap();
     let out = run(&rules, &[path], 1, 4);
-    let reasons: Vec<(u64, &str)> = out.dead_letters.iter().map(|d| (d["line"].as_u64().unwrap(), d["reason"].as_str().unwrap())).collect();
+    let reasons: Vec<(u64, &str)> =
+        out.dead_letters.iter().map(|d| (d["line"].as_u64().unwrap(), d["reason"].as_str().unwrap())).collect();
     assert_eq!(
         reasons,
         [
@@ -128,7 +130,8 @@ fn workers_do_not_change_the_output() {
         vec![(root().join("rules"), vec![root().join("examples/fleet.jsonl")])];
     if let Some(conf) = common::conformance("the dev corpus part of the worker test") {
         let dir = tempfile::tempdir().unwrap().keep();
-        let events = crate::regression::gunzip_to(&conf.join("corpus/dev_events.jsonl.gz"), &dir.join("dev_events.jsonl"));
+        let events =
+            crate::regression::gunzip_to(&conf.join("corpus/dev_events.jsonl.gz"), &dir.join("dev_events.jsonl"));
         cases.push((conf.join("decnet/rules"), vec![conf.join("corpus/dev_tables.jsonl"), events]));
     }
     for (rules, inputs) in cases {
@@ -153,7 +156,8 @@ fn the_bundled_example_runs_from_the_command_line() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.starts_with("records=19 tags="), "{stdout}");
     let (_, tags) = common::read_jsonl(&out_dir.path().join("tags.jsonl"));
-    let techniques: std::collections::BTreeSet<_> = tags.iter().map(|t| t["technique_id"].as_str().unwrap().to_string()).collect();
+    let techniques: std::collections::BTreeSet<_> =
+        tags.iter().map(|t| t["technique_id"].as_str().unwrap().to_string()).collect();
     for t in ["T1003", "T1059", "T1105", "T1190", "T1595"] {
         assert!(techniques.contains(t), "example should show {t}: {techniques:?}");
     }

@@ -39,7 +39,11 @@ pub fn gunzip_to(source: &Path, target: &Path) -> PathBuf {
 
 fn golden(conf: &Path, corpus: &str, dir: &Path) -> Vec<Value> {
     let plain = conf.join(format!("golden/{corpus}_inserted.jsonl"));
-    let path = if plain.exists() { plain } else { gunzip_to(&conf.join(format!("golden/{corpus}_inserted.jsonl.gz")), &dir.join("golden.jsonl")) };
+    let path = if plain.exists() {
+        plain
+    } else {
+        gunzip_to(&conf.join(format!("golden/{corpus}_inserted.jsonl.gz")), &dir.join("golden.jsonl"))
+    };
     read_jsonl(&path).1
 }
 
@@ -58,11 +62,16 @@ fn check_corpus(corpus: &str) {
     let Some(conf) = conformance(&format!("the {corpus} corpus parity check")) else { return };
     let dir = tempfile::tempdir().unwrap();
     let plain = conf.join(format!("corpus/{corpus}_events.jsonl"));
-    let events = if plain.exists() { plain } else { gunzip_to(&conf.join(format!("corpus/{corpus}_events.jsonl.gz")), &dir.path().join("events.jsonl")) };
+    let events = if plain.exists() {
+        plain
+    } else {
+        gunzip_to(&conf.join(format!("corpus/{corpus}_events.jsonl.gz")), &dir.path().join("events.jsonl"))
+    };
     let out = run(&conf.join("decnet/rules"), &[conf.join(format!("corpus/{corpus}_tables.jsonl")), events], 1, 4096);
 
     let in_scope = |row: &&Value| KINDS.contains(&row["source_kind"].as_str().unwrap_or_default());
-    let ours: BTreeMap<&str, &Value> = out.tags.iter().filter(in_scope).map(|t| (t["uuid"].as_str().unwrap(), t)).collect();
+    let ours: BTreeMap<&str, &Value> =
+        out.tags.iter().filter(in_scope).map(|t| (t["uuid"].as_str().unwrap(), t)).collect();
     let gold = golden(&conf, corpus, dir.path());
     let mut expected = 0;
     let mut problems = Vec::new();
@@ -86,7 +95,12 @@ fn check_corpus(corpus: &str) {
         }
     }
     assert!(expected > 0);
-    assert!(problems.is_empty(), "{corpus}: {} of {expected} rows wrong; first ones:\n{}", problems.len(), problems[..problems.len().min(10)].join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{corpus}: {} of {expected} rows wrong; first ones:\n{}",
+        problems.len(),
+        problems[..problems.len().min(10)].join("\n")
+    );
 }
 
 #[test]
@@ -104,11 +118,15 @@ fn decnet_pack_loads_every_rule() {
     let Some(conf) = conformance("loading DECNET's pack") else { return };
     let loaded = rules::load(&conf.join("decnet/rules"), &LoadOptions::default()).expect("DECNET's pack loads");
     assert_eq!(loaded.pack.rules().len(), 59);
-    let vectors: Value = serde_json::from_str(&std::fs::read_to_string(conf.join("golden/engine_vectors.json")).unwrap()).unwrap();
+    let vectors: Value =
+        serde_json::from_str(&std::fs::read_to_string(conf.join("golden/engine_vectors.json")).unwrap()).unwrap();
     for (rule, want) in loaded.pack.rules().iter().zip(vectors["rules"].as_array().unwrap()) {
         assert_eq!(rule.rule_id, want["rule_id"]);
         assert_eq!(rule.rule_version, want["rule_version"].as_i64().unwrap());
-        assert_eq!(rule.applies_to, want["applies_to"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect::<Vec<_>>());
+        assert_eq!(
+            rule.applies_to,
+            want["applies_to"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect::<Vec<_>>()
+        );
         assert_eq!(rule.emits.len(), want["emits"].as_array().unwrap().len(), "{}", rule.rule_id);
         for (emit, w) in rule.emits.iter().zip(want["emits"].as_array().unwrap()) {
             assert_eq!(emit.technique_id, w["technique_id"]);
@@ -116,6 +134,9 @@ fn decnet_pack_loads_every_rule() {
             assert_eq!(emit.tactic, w["tactic"]);
             assert!((emit.confidence - w["confidence"].as_f64().unwrap()).abs() < 1e-12);
         }
-        assert_eq!(rule.evidence_fields, want["evidence_fields"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect::<Vec<_>>());
+        assert_eq!(
+            rule.evidence_fields,
+            want["evidence_fields"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect::<Vec<_>>()
+        );
     }
 }

@@ -76,7 +76,17 @@ fn rules_check_reports_every_problem_by_file_rule_and_field() {
     let output = Command::new(env!("CARGO_BIN_EXE_ttpflow")).args(["rules", "check"]).arg(dir.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("fail: A0004.yaml: rule \"A0004\": example should match but does not: {\"command_text\":\"curl x\"}"), "{stdout}");
-    assert!(stdout.contains("fail: A0004.yaml: rule \"A0004\": example should not match but does: {\"command_text\":\"wget x\"}"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "fail: A0004.yaml: rule \"A0004\": example should match but does not: {\"command_text\":\"curl x\"}"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "fail: A0004.yaml: rule \"A0004\": example should not match but does: {\"command_text\":\"wget x\"}"
+        ),
+        "{stdout}"
+    );
     assert!(stdout.contains("1 rules loaded; 0 examples passed, 2 failed"), "{stdout}");
 }
