@@ -162,3 +162,45 @@ fn the_bundled_example_runs_from_the_command_line() {
         assert!(techniques.contains(t), "example should show {t}: {techniques:?}");
     }
 }
+
+#[test]
+fn rule_state_disables_clips_and_expires_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = tiny_pack(dir.path());
+    let input = write_input(dir.path(), "in.jsonl", &[ATTACKER, SESSION, HTTP]);
+    let run_with_state = |state: &str| {
+        let state_file = dir.path().join("state.yaml");
+        std::fs::write(&state_file, state).unwrap();
+        let out = dir.path().join("out");
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_ttpflow"))
+            .arg("run")
+            .arg("--rules")
+            .arg(&rules)
+            .arg("--input")
+            .arg(&input)
+            .arg("--out")
+            .arg(&out)
+            .arg("--rule-state")
+            .arg(&state_file)
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        common::read_jsonl(&out.join("tags.jsonl")).1
+    };
+    let rules_of = |tags: &[Value]| tags.iter().map(|t| t["rule_id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+
+    assert_eq!(rules_of(&run_with_state("{}")), ["T0001", "T0001", "T0002"]);
+    assert_eq!(rules_of(&run_with_state("T0001: {state: disabled, reason: noisy}")), ["T0002"]);
+    let clipped =
+        run_with_state("T0001: {state: clipped, confidence_max: 0.6}\nT0002: {state: clipped, confidence_max: 0.2}");
+    assert_eq!(rules_of(&clipped), ["T0001", "T0001"], "clipped under the 0.3 floor stores nothing");
+    assert!(clipped.iter().all(|t| t["confidence"] == 0.6));
+    assert_eq!(
+        rules_of(&run_with_state("T0002: {state: clipped, confidence_max: 0.9, expires_at: '2001-01-01T00:00:00Z'}")),
+        ["T0001", "T0001"]
+    );
+    assert_eq!(
+        rules_of(&run_with_state("T0002: {state: disabled, expires_at: '2999-01-01T00:00:00Z'}")),
+        ["T0001", "T0001"]
+    );
+}
