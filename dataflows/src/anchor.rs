@@ -7,16 +7,23 @@
 //!
 //! Arrangements: `decnet.attackers` as an upsert arrangement keyed by attacker uuid
 //! (ties within an epoch go to the later record); the IP index (IP → the attacker whose
-//! row most recently claimed it); the events awaiting an anchor, keyed by IP. An event
-//! whose IP is not known yet stays in the pending collection and is anchored in the
-//! epoch its attacker row arrives, whatever the order of the input.
+//! row most recently claimed it); the events awaiting an anchor, keyed by IP.
+//!
+//! An event whose IP is not known yet waits and is anchored in the epoch its attacker
+//! row arrives, whatever the order of the input. Anchoring is final: the anchored event
+//! is emitted once (insertions only, like the tags it yields, which are never updated),
+//! and it is retired from the awaiting arrangement one epoch later through a feedback
+//! loop, so that state holds only the events still waiting. A later change of the
+//! attacker row does not move tags already made.
 //!
 //! Canary triggers name the attacker's address `src_ip`; `attacker_ip` wins when both
 //! are present. The literal IP `Unknown` (DECNET's placeholder) counts as no IP.
 
 use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
-use timely::dataflow::operators::vec::Map;
+use differential_dataflow::operators::iterate::VecVariable;
+use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine, ValBuilder, ValSpine};
+use differential_dataflow::AsCollection;
+use timely::dataflow::operators::vec::{Filter, Map};
 
 use crate::json::Json;
 use crate::record::{AttackerRow, DeadLetter, Event, Pos, Reason, Table, TableRow, TableUpdate};
@@ -81,12 +88,26 @@ pub fn stage<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>) -> Anch
         _ => None,
     });
 
+    // Events anchored in an epoch leave the awaiting collection in the next one.
+    let (retire, retired) = VecVariable::new(awaiting.scope(), 1);
+    let awaiting = awaiting.concat(retired.clone().negate());
     let matched = awaiting
         .clone()
         .arrange_by_key_named("events awaiting an anchor")
         .join_core(by_ip, |ip, event, attacker| Some((ip.clone(), event.clone(), attacker.clone())));
-    let pending = awaiting.concat(matched.clone().map(|(ip, event, _)| (ip, event)).negate());
-    let resolved = matched.map(|(_, mut event, attacker)| {
+    // Only the first match of an event counts; its retraction (once retired) is not news.
+    // The join may split one time's output into pieces of both signs, so consolidate
+    // per time (an arrangement, which compacts away once the retraction arrives) first.
+    let first_matches = matched
+        .consolidate_named::<_, KeySpine<_, _, _>, _>("first anchors", KeyBatcher::new, |key, &()| key.clone())
+        .inner
+        .filter(|(_, _, diff)| *diff > 0)
+        .as_collection();
+    let anchored_pairs = first_matches.clone().map(|(ip, event, _)| (ip, event));
+    retire.set(anchored_pairs.clone());
+    // Still waiting: what awaits, less what was anchored and not retired yet.
+    let pending = awaiting.concat(anchored_pairs.negate()).concat(retired);
+    let resolved = first_matches.map(|(_, mut event, attacker)| {
         event.payload.set("attacker_uuid", Json::Str(attacker));
         event
     });
@@ -166,9 +187,10 @@ mod tests {
     }
 
     /// Epoch 0: an event whose IP is unknown. Epoch 1: its attacker arrives. Epoch 2: the
-    /// attacker is deleted. Epoch 3: the IP moves to another attacker.
+    /// attacker is deleted. Epoch 3: the IP moves to another attacker. Epoch 4: a second
+    /// event from the IP.
     #[test]
-    fn events_wait_for_their_attacker_and_follow_its_row() {
+    fn events_wait_for_their_attacker_and_are_anchored_once() {
         let anchored: Captured<Event> = Arc::default();
         let pending: Captured<(String, Event)> = Arc::default();
         let dead: Captured<DeadLetter> = Arc::default();
@@ -183,34 +205,37 @@ mod tests {
                 out.dead_letters.inspect(move |x| d.lock().unwrap().push(x.clone()));
                 (events_in, tables_in)
             });
+            let step = |events: &mut differential_dataflow::input::InputSession<Time, Event, Diff>,
+                        tables: &mut differential_dataflow::input::InputSession<Time, TableUpdate, Diff>,
+                        t: Time| {
+                events.advance_to(t);
+                tables.advance_to(t);
+            };
             events.insert(event(0, r#"{"attacker_ip":"192.0.2.1"}"#));
             events.insert(event(1, r#"{"attacker_uuid":"known"}"#));
             events.insert(event(2, r#"{"attacker_ip":"Unknown"}"#));
-            events.advance_to(1);
-            tables.advance_to(1);
+            step(&mut events, &mut tables, 1);
             tables.insert(attacker(3, "a-1", Some("192.0.2.1")));
-            events.advance_to(2);
-            tables.advance_to(2);
+            step(&mut events, &mut tables, 2);
             tables.insert(attacker(4, "a-1", None));
-            events.advance_to(3);
-            tables.advance_to(3);
+            step(&mut events, &mut tables, 3);
             tables.insert(attacker(5, "a-2", Some("192.0.2.1")));
+            step(&mut events, &mut tables, 4);
+            events.insert(event(6, r#"{"attacker_ip":"192.0.2.1"}"#));
         });
         let waiting = event(0, r#"{"attacker_ip":"192.0.2.1"}"#);
-        let resolved = |uuid: &str| event(0, &format!(r#"{{"attacker_ip":"192.0.2.1","attacker_uuid":"{uuid}"}}"#));
+        let resolved = |offset: u64, uuid: &str| {
+            event(offset, &format!(r#"{{"attacker_ip":"192.0.2.1","attacker_uuid":"{uuid}"}}"#))
+        };
         let mut want_anchored = vec![
             (event(1, r#"{"attacker_uuid":"known"}"#), 0, 1),
-            (resolved("a-1"), 1, 1),
-            (resolved("a-1"), 2, -1),
-            (resolved("a-2"), 3, 1),
+            (resolved(0, "a-1"), 1, 1),
+            (resolved(6, "a-2"), 4, 1),
         ];
         want_anchored.sort();
-        assert_eq!(consolidated(&anchored), want_anchored);
+        assert_eq!(consolidated(&anchored), want_anchored, "anchored once, never retracted");
         let key = |e: &Event| ("192.0.2.1".to_string(), e.clone());
-        assert_eq!(
-            consolidated(&pending),
-            vec![(key(&waiting), 0, 1), (key(&waiting), 1, -1), (key(&waiting), 2, 1), (key(&waiting), 3, -1)]
-        );
+        assert_eq!(consolidated(&pending), vec![(key(&waiting), 0, 1), (key(&waiting), 1, -1)]);
         let dead = consolidated(&dead);
         assert_eq!(dead.len(), 1);
         assert_eq!((dead[0].0.reason, dead[0].0.pos.offset, dead[0].1), (Reason::NoAnchor, 2, 0));
