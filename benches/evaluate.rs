@@ -55,7 +55,8 @@ fn bench_evaluate(c: &mut Criterion) {
         .into_iter()
         .filter_map(|l| match decode(l) {
             Decoded::Event(mut e) => {
-                e.payload.set("attacker_uuid", ttpflow_dataflows::json::Json::Str("bench".into()));
+                std::sync::Arc::make_mut(&mut e.payload)
+                    .set("attacker_uuid", ttpflow_dataflows::json::Json::Str("bench".into()));
                 Some(e)
             }
             _ => None,

@@ -52,7 +52,7 @@ pub struct RunArgs {
     #[arg(short = 'w', long, default_value_t = 1)]
     pub workers: usize,
     /// Records per epoch.
-    #[arg(long, default_value_t = 16_384)]
+    #[arg(long, default_value_t = 1024)]
     pub epoch_records: u64,
     /// Rule state file: rule id → {state, confidence_max, expires_at, reason, set_by}.
     #[arg(long)]

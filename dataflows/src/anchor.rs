@@ -19,6 +19,8 @@
 //! Canary triggers name the attacker's address `src_ip`; `attacker_ip` wins when both
 //! are present. The literal IP `Unknown` (DECNET's placeholder) counts as no IP.
 
+use std::sync::Arc;
+
 use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::operators::iterate::VecVariable;
 use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine, ValBuilder, ValSpine};
@@ -108,7 +110,7 @@ pub fn stage<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>) -> Anch
     // Still waiting: what awaits, less what was anchored and not retired yet.
     let pending = awaiting.concat(anchored_pairs.negate()).concat(retired);
     let resolved = first_matches.map(|(_, mut event, attacker)| {
-        event.payload.set("attacker_uuid", Json::Str(attacker));
+        Arc::make_mut(&mut event.payload).set("attacker_uuid", Json::Str(attacker));
         event
     });
     Anchored { events: ready.concat(resolved), pending, dead_letters }
@@ -165,7 +167,7 @@ mod tests {
             event_type: String::new(),
             source_kind: Some("session".into()),
             event_time: None,
-            payload: Json::parse(payload).unwrap(),
+            payload: Arc::new(Json::parse(payload).unwrap()),
         }
     }
 

@@ -12,6 +12,8 @@
 //! The `source_kind` derivation is DECNET's: the first fragment of its topic table
 //! contained in the topic, else the envelope type (for `attacker.fingerprinted`).
 
+use std::sync::Arc;
+
 use differential_dataflow::AsCollection;
 use timely::dataflow::operators::core::OkErr;
 
@@ -241,7 +243,7 @@ fn decode_event(pos: crate::record::Pos, topic: &str, value: Json) -> DecodeResu
         source_kind: source_kind(topic, &event_type),
         event_type,
         event_time,
-        payload,
+        payload: Arc::new(payload),
     })
 }
 

@@ -11,6 +11,8 @@
 //! `<event source_id>#cmd<index>`. A bare-string command becomes `{"command_text": s}`;
 //! an object command without a string `command_text`/`text` is not a subject.
 
+use std::sync::Arc;
+
 use crate::json::Json;
 use crate::record::{Event, Subject};
 use crate::time;
@@ -52,7 +54,7 @@ pub fn subjects(event: Event) -> Vec<Subject> {
         decky_id: str_or_none(payload, "decky_id"),
         event_time: event.event_time,
         source_kind,
-        payload: Json::Null,
+        payload: Arc::new(Json::Null),
     };
     let commands = match (base.source_kind.as_str(), payload.get("commands")) {
         ("session", Some(Json::Arr(commands))) => commands.as_slice(),
@@ -71,7 +73,9 @@ pub fn subjects(event: Event) -> Vec<Subject> {
 fn command_subject(base: &Subject, idx: usize, command: &Json) -> Option<Subject> {
     let fallback_id = || format!("{}#cmd{idx}", base.source_id);
     let (source_id, payload) = match command {
-        Json::Str(text) => (fallback_id(), Json::Obj(vec![("command_text".to_string(), Json::Str(text.clone()))])),
+        Json::Str(text) => {
+            (fallback_id(), Arc::new(Json::Obj(vec![("command_text".to_string(), Json::Str(text.clone()))])))
+        }
         Json::Obj(_) => {
             // Python: `cmd.get("command_text") or cmd.get("text")`, then it must be a str.
             let text = [command.get("command_text"), command.get("text")]
@@ -82,7 +86,7 @@ fn command_subject(base: &Subject, idx: usize, command: &Json) -> Option<Subject
             let text = text.as_str()?.to_string();
             let mut payload = command.clone();
             payload.set("command_text", Json::Str(text));
-            (first_truthy(command, COMMAND_ID_FIELDS).unwrap_or_else(fallback_id), payload)
+            (first_truthy(command, COMMAND_ID_FIELDS).unwrap_or_else(fallback_id), Arc::new(payload))
         }
         _ => return None,
     };
@@ -108,7 +112,7 @@ mod tests {
             event_type: String::new(),
             source_kind: kind.map(str::to_string),
             event_time: None,
-            payload: Json::parse(payload).unwrap(),
+            payload: Arc::new(Json::parse(payload).unwrap()),
         }
     }
 

@@ -4,6 +4,8 @@
 //! ids, identify a record (DECNET's broker re-stamps ids), and because "the earliest
 //! record wins" decides which row is stored for a tag uuid.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::json::Json;
@@ -37,8 +39,8 @@ pub struct Event {
     pub source_kind: Option<String>,
     /// Event time in microseconds since the Unix epoch, when the record has one.
     pub event_time: Option<i64>,
-    /// The payload object.
-    pub payload: Json,
+    /// The payload object, shared: events are copied between operators, payloads are not.
+    pub payload: Arc<Json>,
 }
 
 impl Event {
@@ -152,7 +154,7 @@ pub struct Subject {
     pub session_id: Option<String>,
     pub decky_id: Option<String>,
     pub event_time: Option<i64>,
-    pub payload: Json,
+    pub payload: Arc<Json>,
 }
 
 /// A confidence in [0, 1], ordered so tags can live in collections.

@@ -165,7 +165,7 @@ impl RulePack {
             session_id: None,
             decky_id: None,
             event_time: None,
-            payload: payload.clone(),
+            payload: std::sync::Arc::new(payload.clone()),
         };
         fires(&self.rules[idx], &subject).is_some()
     }
@@ -297,7 +297,7 @@ mod tests {
             session_id: Some("s".into()),
             decky_id: None,
             event_time: None,
-            payload: Json::parse(payload).unwrap(),
+            payload: std::sync::Arc::new(Json::parse(payload).unwrap()),
         }
     }
 
