@@ -351,7 +351,7 @@ impl Checker<'_> {
             }
         };
         match PyRegex::new(pattern) {
-            Ok(regex) => Some(Matcher::Regex { field: field.filter(|f| !f.is_empty()), regex }),
+            Ok(regex) => Some(Matcher::Regex { field: field.filter(|f| !f.is_empty()), regex: Box::new(regex) }),
             Err(e) => {
                 self.problem(Some("match.pattern"), format!("pattern does not compile: {}", e.message));
                 None

@@ -35,7 +35,7 @@ pub struct Emit {
 #[derive(Clone, Debug)]
 pub enum Matcher {
     /// `match: {field, pattern}`: a Python-semantics regex search on one payload field.
-    Regex { field: Option<String>, regex: PyRegex },
+    Regex { field: Option<String>, regex: Box<PyRegex> },
     /// `match: {kind: "lifter:…", …params}`: a structured predicate, with its parameters.
     Structured { kind: String, params: Json, predicate: Predicate },
 }
@@ -271,7 +271,7 @@ mod tests {
             name: "x".into(),
             description: String::new(),
             applies_to: vec!["command".into()],
-            matcher: Matcher::Regex { field: None, regex: PyRegex::new(pattern).unwrap() },
+            matcher: Matcher::Regex { field: None, regex: Box::new(PyRegex::new(pattern).unwrap()) },
             emits: vec![
                 Emit { tactic: "TA0007".into(), technique_id: "T1083".into(), sub_technique_id: None, confidence: 0.9 },
                 Emit {
