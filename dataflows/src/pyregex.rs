@@ -57,7 +57,7 @@ enum Engine {
 
 impl Engine {
     fn new(translated: &str, fancy: bool) -> Result<Engine, String> {
-        if fancy {
+        let built = if fancy {
             fancy_regex::RegexBuilder::new(translated)
                 .backtrack_limit(1_000_000)
                 .build()
@@ -65,7 +65,15 @@ impl Engine {
                 .map_err(|e| e.to_string())
         } else {
             regex::Regex::new(translated).map(Engine::Plain).map_err(|e| e.to_string())
-        }
+        };
+        // The engines draw multi-line diagrams; problems are reported one per line.
+        built.map_err(|e| {
+            e.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^'))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
     }
 
     fn is_match(&self, text: &str) -> bool {
