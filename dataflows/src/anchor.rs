@@ -25,10 +25,12 @@ use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::operators::iterate::VecVariable;
 use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine, ValBuilder, ValSpine};
 use differential_dataflow::AsCollection;
+use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::vec::{Filter, Map};
 
 use crate::json::Json;
 use crate::record::{AttackerRow, DeadLetter, Event, Pos, Reason, Table, TableRow, TableUpdate};
+use crate::shapes;
 use crate::types::{ArrangedByKey, Coll, Diff, Scope, Time};
 
 /// The stage's outputs.
@@ -72,23 +74,38 @@ fn need(event: &Event) -> Need {
 }
 
 /// The stage.
+// The `Result`s below only route records to outputs; they are not errors.
+#[allow(clippy::result_large_err)]
 pub fn stage<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>) -> Anchored<'s> {
     let by_ip = attackers_by_ip(tables);
 
-    let ready = events.clone().filter(|e| matches!(need(e), Need::Nothing));
-    let dead_letters = events.clone().flat_map(|e| match need(&e) {
-        Need::Impossible => Some(DeadLetter {
-            pos: e.pos,
-            topic: Some(e.topic),
-            reason: Reason::NoAnchor,
-            detail: "no attacker_uuid, identity_uuid or IP to resolve one from".to_string(),
-        }),
-        _ => None,
-    });
-    let awaiting = events.flat_map(|e| match need(&e) {
-        Need::Ip(ip) => Some((ip, e)),
-        _ => None,
-    });
+    // One pass routes every event: ready as it is, waiting for its IP, or a dead letter.
+    let (known, dead_letters) = events
+        .inner
+        .flat_map(|(e, t, r): (Event, Time, Diff)| shapes::expand(e).into_iter().map(move |e| (e, t, r)))
+        .ok_err::<Vec<_>, _, Vec<_>, _, _>(|(e, t, r): (Event, Time, Diff)| match need(&e) {
+            Need::Nothing => Ok((Ok(e), t, r)),
+            Need::Ip(ip) => Ok((Err((ip, e)), t, r)),
+            Need::Impossible => Err((
+                DeadLetter {
+                    pos: e.pos,
+                    topic: Some(e.topic),
+                    reason: Reason::NoAnchor,
+                    detail: "no attacker_uuid, identity_uuid or IP to resolve one from".to_string(),
+                },
+                t,
+                r,
+            )),
+        });
+    let (ready, awaiting) =
+        known.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(routed, t, r): (Result<Event, (String, Event)>, Time, Diff)| {
+            match routed {
+                Ok(e) => Ok((e, t, r)),
+                Err(waiting) => Err((waiting, t, r)),
+            }
+        });
+    let (ready, awaiting, dead_letters) =
+        (ready.as_collection(), awaiting.as_collection(), dead_letters.as_collection());
 
     // Events anchored in an epoch leave the awaiting collection in the next one.
     let (retire, retired) = VecVariable::new(awaiting.scope(), 1);

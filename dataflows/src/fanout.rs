@@ -7,7 +7,7 @@
 //!
 //! Identities are DECNET's: the event's source_id is the first truthy of `source_id`,
 //! `session_id`, `token_id`, `identity_uuid`, `credential_id`, `attacker_uuid`, `uuid`,
-//! else the topic; a command's is its `id`/`uuid`/`command_id`, else
+//! else the topic, except that a canary trigger is its `trigger_id`; a command's is its `id`/`uuid`/`command_id`, else
 //! `<event source_id>#cmd<index>`. A bare-string command becomes `{"command_text": s}`;
 //! an object command without a string `command_text`/`text` is not a subject.
 
@@ -40,6 +40,16 @@ fn str_or_none(payload: &Json, field: &str) -> Option<String> {
     }
 }
 
+/// A canary trigger is identified by its `trigger_id` (DESIGN §2.1): DECNET's
+/// `token_id` would collapse every trigger of a token, and every attacker on it, into one tag.
+fn canary_trigger(event: &Event) -> Option<String> {
+    if event.topic.starts_with("canary.") && event.topic.ends_with(".triggered") {
+        first_truthy(&event.payload, &["trigger_id"])
+    } else {
+        None
+    }
+}
+
 /// The subjects of one event.
 pub fn subjects(event: Event) -> Vec<Subject> {
     let Some(source_kind) = event.source_kind.clone() else { return Vec::new() };
@@ -47,7 +57,9 @@ pub fn subjects(event: Event) -> Vec<Subject> {
     let base = Subject {
         pos: event.pos,
         part: 0,
-        source_id: first_truthy(payload, SOURCE_ID_FIELDS).unwrap_or_else(|| event.topic.clone()),
+        source_id: canary_trigger(&event)
+            .or_else(|| first_truthy(payload, SOURCE_ID_FIELDS))
+            .unwrap_or_else(|| event.topic.clone()),
         attacker_uuid: str_or_none(payload, "attacker_uuid"),
         identity_uuid: str_or_none(payload, "identity_uuid"),
         session_id: str_or_none(payload, "session_id"),
@@ -128,6 +140,17 @@ mod tests {
         assert_eq!(s[0].source_id, "42");
         let s = subjects(event("attacker.observed", Some("session"), r#"{}"#));
         assert_eq!(s[0].source_id, "attacker.observed");
+    }
+
+    #[test]
+    fn canary_triggers_are_identified_by_trigger() {
+        let payload = r#"{"token_id":"tok-1","trigger_id":"trig-9","attacker_uuid":"a"}"#;
+        let s = subjects(event("canary.tok-1.triggered", Some("canary_fingerprint"), payload));
+        assert_eq!(s[0].source_id, "trig-9");
+        let s = subjects(event("canary.tok-1.placed", Some("canary_fingerprint"), payload));
+        assert_eq!(s[0].source_id, "tok-1");
+        let s = subjects(event("canary.tok-1.triggered", Some("canary_fingerprint"), r#"{"token_id":"tok-1"}"#));
+        assert_eq!(s[0].source_id, "tok-1", "without a trigger id DECNET's priority applies");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod predicates;
 pub mod pyregex;
 pub mod record;
 pub mod rules;
+pub mod shapes;
 pub mod store;
 pub mod tagid;
 pub mod time;
