@@ -9,6 +9,7 @@
 //! The behavioural family (R0031–R0040) reads the pre-shaped session aggregates that
 //! DECNET's producers put in payloads, and `http_request` paths for R0036/R0037.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use crate::json::Json;
@@ -47,6 +48,15 @@ pub enum Predicate {
     TftpRouterConfig {
         patterns: Vec<PyRegex>,
     },
+    /// R0030: a JARM or HASSH fingerprint of a known C2 framework, on a session (its
+    /// `jarm` / `hassh` / `matched_framework` enrichment) or on an `attacker.fingerprinted`
+    /// `jarm` / `hassh` result (its `hash`). DECNET left this rule without an owner.
+    C2Fingerprint {
+        jarm: bool,
+        hassh: bool,
+    },
+    /// R0059: an IPv6 link-local address (fe80::/10) leaked by an attacker's host.
+    Ipv6LinkLocalLeak,
     /// A lifter kind this build loads and keeps but does not evaluate.
     NotEvaluated,
 }
@@ -156,6 +166,15 @@ pub fn compile(kind: &str, params: &Json) -> Result<Predicate, String> {
         "lifter:behavioral_tftp_router_config" => {
             Predicate::TftpRouterConfig { patterns: p.patterns("filename_patterns")? }
         }
+        "lifter:c2_fingerprint" => {
+            let catalogues = p.strings("catalogues")?;
+            if let Some(unknown) = catalogues.iter().find(|c| !matches!(c.as_str(), "jarm" | "hassh")) {
+                return Err(format!("parameter \"catalogues\": no catalogue named \"{unknown}\" (known: jarm, hassh)"));
+            }
+            let enabled = |name: &str| catalogues.is_empty() || catalogues.iter().any(|c| c == name);
+            Predicate::C2Fingerprint { jarm: enabled("jarm"), hassh: enabled("hassh") }
+        }
+        "lifter:ipv6_link_local_leak" => Predicate::Ipv6LinkLocalLeak,
         _ => Predicate::NotEvaluated,
     })
 }
@@ -173,10 +192,49 @@ fn xmr() -> &'static PyRegex {
     RE.get_or_init(|| PyRegex::new(r"\b4[0-9AB][1-9A-HJ-NP-Za-km-z]{93}\b").expect("the XMR address pattern compiles"))
 }
 
+/// Known C2 fingerprints by catalogue (`jarm`, `hassh`): fingerprint → framework.
+fn c2_catalogue(catalogue: &str) -> &'static BTreeMap<String, String> {
+    static CATALOGUES: OnceLock<BTreeMap<String, BTreeMap<String, String>>> = OnceLock::new();
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    let all = CATALOGUES.get_or_init(|| {
+        let doc = Json::parse(include_str!("../data/c2_fingerprints.json")).expect("the bundled C2 catalogue is JSON");
+        ["jarm", "hassh"]
+            .into_iter()
+            .map(|name| {
+                let entries = match doc.get(name) {
+                    Some(Json::Obj(fields)) => fields
+                        .iter()
+                        .filter_map(|(hash, framework)| {
+                            Some((hash.to_ascii_lowercase(), framework.as_str()?.to_string()))
+                        })
+                        .collect(),
+                    _ => BTreeMap::new(),
+                };
+                (name.to_string(), entries)
+            })
+            .collect()
+    });
+    all.get(catalogue).unwrap_or(&EMPTY)
+}
+
+fn is_link_local(addr: &str) -> bool {
+    // A zone index (`fe80::1%eth0`) names the interface, not the address.
+    let addr = addr.split('%').next().unwrap_or(addr);
+    addr.parse::<std::net::Ipv6Addr>().is_ok_and(|a| a.segments()[0] & 0xffc0 == 0xfe80)
+}
+
 impl Predicate {
     /// Whether it is evaluated at all (see [`Predicate::NotEvaluated`]).
     pub fn is_evaluated(&self) -> bool {
         !matches!(self, Predicate::NotEvaluated)
+    }
+
+    /// Source kinds the predicate reads besides its rule's `applies_to`.
+    pub fn extra_kinds(&self) -> &'static [&'static str] {
+        match self {
+            Predicate::C2Fingerprint { .. } => &["jarm", "hassh"],
+            _ => &[],
+        }
     }
 
     /// The extra evidence when the predicate fires on `payload`.
@@ -240,6 +298,34 @@ impl Predicate {
             Predicate::TftpRouterConfig { patterns } => {
                 let name = first_truthy_str(payload, &["tftp_filename"])?;
                 patterns.iter().any(|p| p.is_match(name)).then(Extra::new)
+            }
+            Predicate::C2Fingerprint { jarm, hassh } => {
+                let framework = |catalogue: &str, value: Option<&Json>| {
+                    value.and_then(Json::as_str).and_then(|h| c2_catalogue(catalogue).get(&h.to_ascii_lowercase()))
+                };
+                // A fingerprint result: the kind names the catalogue, `hash` the value.
+                if let Some(hash) = payload.get("hash") {
+                    let hit = framework("jarm", Some(hash)).filter(|_| *jarm).map(|f| ("jarm", f));
+                    let hit =
+                        hit.or_else(|| framework("hassh", Some(hash)).filter(|_| *hassh).map(|f| ("hassh", f)))?;
+                    return Some(vec![
+                        (hit.0.to_string(), hash.clone()),
+                        ("matched_framework".to_string(), Json::Str(hit.1.clone())),
+                    ]);
+                }
+                if let Some(named) = payload.get("matched_framework").and_then(Json::as_str).filter(|f| !f.is_empty()) {
+                    return Some(extra("matched_framework", Json::Str(named.to_string())));
+                }
+                let hit = framework("jarm", payload.get("jarm")).filter(|_| *jarm);
+                let hit = hit.or_else(|| framework("hassh", payload.get("hassh")).filter(|_| *hassh))?;
+                Some(extra("matched_framework", Json::Str(hit.clone())))
+            }
+            Predicate::Ipv6LinkLocalLeak => {
+                let addr = payload.get("addr")?.as_str()?;
+                if !is_link_local(addr) {
+                    return None;
+                }
+                Some(payload.get("attacker_ip").map(|ip| extra("attacker_v4", ip.clone())).unwrap_or_default())
             }
             Predicate::NotEvaluated => None,
         }
@@ -346,6 +432,46 @@ mod tests {
         let params = r#"{"filename_patterns":[".*-confg$","startup-config"]}"#;
         assert!(fires(k, params, r#"{"tftp_filename":"r1-confg"}"#).is_some());
         assert!(fires(k, params, r#"{"tftp_filename":"r1-confg.bak"}"#).is_none());
+    }
+
+    #[test]
+    fn c2_fingerprints_from_sessions_and_fingerprint_results() {
+        let k = "lifter:c2_fingerprint";
+        let params = r#"{"catalogues":["jarm","hassh"]}"#;
+        let cs = "07d14d16d21d21d07c42d41d00041d24a458a375eef0c576d23a7bab9a9fb1";
+        assert_eq!(
+            fires(k, params, &format!(r#"{{"hash":"{cs}","port":443}}"#)),
+            Some(format!(r#"{{"jarm":"{cs}","matched_framework":"cobaltstrike"}}"#))
+        );
+        assert_eq!(fires(k, params, r#"{"hash":"00000000000000000000000000000000"}"#), None);
+        assert_eq!(
+            fires(k, params, r#"{"jarm":"x","hassh":"y","matched_framework":"sliver"}"#).as_deref(),
+            Some(r#"{"matched_framework":"sliver"}"#)
+        );
+        assert_eq!(
+            fires(k, params, &format!(r#"{{"jarm":"{}"}}"#, cs.to_uppercase())).as_deref(),
+            Some(r#"{"matched_framework":"cobaltstrike"}"#)
+        );
+        assert_eq!(
+            fires(k, r#"{"catalogues":["hassh"]}"#, &format!(r#"{{"jarm":"{cs}"}}"#)),
+            None,
+            "jarm catalogue not enabled"
+        );
+        assert_eq!(fires(k, params, r#"{"jarm":"","matched_framework":""}"#), None);
+        assert!(compile(k, &Json::parse(r#"{"catalogues":["ja3"]}"#).unwrap()).is_err());
+    }
+
+    #[test]
+    fn ipv6_leaks_fire_on_link_local_addresses() {
+        let k = "lifter:ipv6_link_local_leak";
+        assert_eq!(
+            fires(k, "{}", r#"{"addr":"FE80::1","attacker_ip":"10.0.0.1"}"#).as_deref(),
+            Some(r#"{"attacker_v4":"10.0.0.1"}"#)
+        );
+        assert_eq!(fires(k, "{}", r#"{"addr":"febf::1%eth0"}"#).as_deref(), Some("{}"));
+        assert_eq!(fires(k, "{}", r#"{"addr":"fec0::1"}"#), None, "site-local is not link-local");
+        assert_eq!(fires(k, "{}", r#"{"addr":"2001:db8::1"}"#), None);
+        assert_eq!(fires(k, "{}", r#"{"addr":"not an address"}"#), None);
     }
 
     #[test]

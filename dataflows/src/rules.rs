@@ -122,8 +122,15 @@ impl RulePack {
         let mut by_kind: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (idx, rule) in rules.iter().enumerate() {
             if rule.is_evaluated() {
-                for kind in &rule.applies_to {
-                    by_kind.entry(kind.clone()).or_default().push(idx);
+                let extra = match &rule.matcher {
+                    Matcher::Structured { predicate, .. } => predicate.extra_kinds(),
+                    Matcher::Regex { .. } => &[],
+                };
+                for kind in rule.applies_to.iter().map(String::as_str).chain(extra.iter().copied()) {
+                    let rules = by_kind.entry(kind.to_string()).or_default();
+                    if !rules.contains(&idx) {
+                        rules.push(idx);
+                    }
                 }
             }
         }
