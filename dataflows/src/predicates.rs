@@ -57,6 +57,29 @@ pub enum Predicate {
     },
     /// R0059: an IPv6 link-local address (fe80::/10) leaked by an attacker's host.
     Ipv6LinkLocalLeak,
+    /// R0001: `fail_count` failed authentications (pre-computed by the producer).
+    AuthBrute {
+        fail_threshold: f64,
+    },
+    /// R0002: `password_count` distinct passwords against one account.
+    PasswordGuessing {
+        pw_threshold: f64,
+    },
+    /// R0003: one `shared_password_hash` across `account_count` accounts of an identity.
+    PasswordSpraying {
+        account_threshold: f64,
+    },
+    /// R0004: a secret reused (`reuse_count` with its `credential_hash`), or a
+    /// correlator event naming several attackers that used one secret.
+    CredentialReuse,
+    /// R0005: a successful login, after a brute force when `require_prior_brute`.
+    ValidAccountUse {
+        require_prior_brute: bool,
+    },
+    /// R0006: a login with a well-known default username / password pair.
+    DefaultCredentials {
+        pairs: Vec<(String, String)>,
+    },
     /// A lifter kind this build loads and keeps but does not evaluate.
     NotEvaluated,
 }
@@ -95,6 +118,24 @@ impl Params<'_> {
                 })
                 .collect(),
             Some(v) => Err(format!("parameter \"{key}\" must be a list of strings, got {}", v.type_name())),
+        }
+    }
+
+    fn pairs(&self, key: &str) -> Result<Vec<(String, String)>, String> {
+        let bad = || format!("parameter \"{key}\" must be a list of [username, password] pairs");
+        match self.0.get(key) {
+            None => Ok(Vec::new()),
+            Some(Json::Arr(items)) => items
+                .iter()
+                .map(|pair| match pair {
+                    Json::Arr(two) if two.len() == 2 => match (two[0].as_str(), two[1].as_str()) {
+                        (Some(u), Some(p)) => Ok((u.to_string(), p.to_string())),
+                        _ => Err(bad()),
+                    },
+                    _ => Err(bad()),
+                })
+                .collect(),
+            Some(_) => Err(bad()),
         }
     }
 
@@ -175,6 +216,20 @@ pub fn compile(kind: &str, params: &Json) -> Result<Predicate, String> {
             Predicate::C2Fingerprint { jarm: enabled("jarm"), hassh: enabled("hassh") }
         }
         "lifter:ipv6_link_local_leak" => Predicate::Ipv6LinkLocalLeak,
+        "lifter:credential_auth_brute_generic" => {
+            Predicate::AuthBrute { fail_threshold: p.number("fail_threshold", 5.0)? }
+        }
+        "lifter:credential_password_guessing" => {
+            Predicate::PasswordGuessing { pw_threshold: p.number("pw_threshold", 5.0)? }
+        }
+        "lifter:identity_password_spraying" => {
+            Predicate::PasswordSpraying { account_threshold: p.number("account_threshold", 3.0)? }
+        }
+        "lifter:credential_reuse" => Predicate::CredentialReuse,
+        "lifter:credential_valid_account_use" => {
+            Predicate::ValidAccountUse { require_prior_brute: p.bool("require_prior_brute")? }
+        }
+        "lifter:credential_default_credentials" => Predicate::DefaultCredentials { pairs: p.pairs("pairs")? },
         _ => Predicate::NotEvaluated,
     })
 }
@@ -215,6 +270,18 @@ fn c2_catalogue(catalogue: &str) -> &'static BTreeMap<String, String> {
             .collect()
     });
     all.get(catalogue).unwrap_or(&EMPTY)
+}
+
+/// How many entries a list field holds (lists may arrive JSON-encoded in a string).
+fn named_count(payload: &Json, field: &str) -> usize {
+    match payload.get(field) {
+        Some(Json::Arr(items)) => items.len(),
+        Some(Json::Str(text)) => match Json::parse(text) {
+            Ok(Json::Arr(items)) => items.len(),
+            _ => 0,
+        },
+        _ => 0,
+    }
 }
 
 fn is_link_local(addr: &str) -> bool {
@@ -326,6 +393,37 @@ impl Predicate {
                     return None;
                 }
                 Some(payload.get("attacker_ip").map(|ip| extra("attacker_v4", ip.clone())).unwrap_or_default())
+            }
+            Predicate::AuthBrute { fail_threshold } => {
+                (payload.get("fail_count").and_then(integer)? >= *fail_threshold).then(Extra::new)
+            }
+            Predicate::PasswordGuessing { pw_threshold } => {
+                (payload.get("password_count").and_then(integer)? >= *pw_threshold).then(Extra::new)
+            }
+            Predicate::PasswordSpraying { account_threshold } => {
+                let accounts = payload.get("account_count").and_then(integer)?;
+                let hashed = payload.get("shared_password_hash").is_some_and(Json::is_truthy);
+                (hashed && accounts >= *account_threshold).then(Extra::new)
+            }
+            Predicate::CredentialReuse => {
+                if let Some(count) = payload.get("reuse_count").and_then(integer) {
+                    let hashed = payload.get("credential_hash").is_some_and(Json::is_truthy);
+                    return (hashed && count >= 1.0).then(Extra::new);
+                }
+                // The correlator's shape: the attackers that used one secret, by uuid or IP.
+                let named =
+                    ["attacker_uuids", "attacker_ips"].iter().map(|f| named_count(payload, f)).max().unwrap_or(0);
+                (named >= 2).then(|| extra("reuse_count", Json::Num(named.to_string())))
+            }
+            Predicate::ValidAccountUse { require_prior_brute } => {
+                let success = payload.get("result").and_then(Json::as_str) == Some("success");
+                let after_brute = !require_prior_brute || payload.get("prior_brute") == Some(&Json::Bool(true));
+                (success && after_brute).then(Extra::new)
+            }
+            Predicate::DefaultCredentials { pairs } => {
+                let username = payload.get("username")?.as_str()?;
+                let password = payload.get("password")?.as_str()?;
+                pairs.iter().any(|(u, p)| u == username && p == password).then(Extra::new)
             }
             Predicate::NotEvaluated => None,
         }
@@ -472,6 +570,46 @@ mod tests {
         assert_eq!(fires(k, "{}", r#"{"addr":"fec0::1"}"#), None, "site-local is not link-local");
         assert_eq!(fires(k, "{}", r#"{"addr":"2001:db8::1"}"#), None);
         assert_eq!(fires(k, "{}", r#"{"addr":"not an address"}"#), None);
+    }
+
+    #[test]
+    fn credential_predicates_honour_precomputed_fields() {
+        let k = "lifter:credential_auth_brute_generic";
+        assert!(fires(k, r#"{"fail_threshold":5}"#, r#"{"fail_count":5}"#).is_some());
+        assert!(fires(k, r#"{"fail_threshold":5}"#, r#"{"fail_count":4}"#).is_none());
+        assert!(fires(k, r#"{"fail_threshold":5}"#, r#"{"fail_count":"9"}"#).is_none());
+        let k = "lifter:credential_password_guessing";
+        assert!(fires(k, r#"{"pw_threshold":5}"#, r#"{"password_count":30}"#).is_some());
+        assert!(fires(k, "{}", r#"{"password_count":4}"#).is_none(), "default threshold 5");
+        let k = "lifter:identity_password_spraying";
+        assert!(fires(k, r#"{"account_threshold":3}"#, r#"{"account_count":3,"shared_password_hash":"h"}"#).is_some());
+        assert!(fires(k, r#"{"account_threshold":3}"#, r#"{"account_count":8}"#).is_none(), "needs the shared hash");
+        assert!(fires(k, r#"{"account_threshold":3}"#, r#"{"account_count":2,"shared_password_hash":"h"}"#).is_none());
+        let k = "lifter:credential_valid_account_use";
+        let strict = r#"{"require_prior_brute":true}"#;
+        assert!(fires(k, strict, r#"{"result":"success","prior_brute":true}"#).is_some());
+        assert!(fires(k, strict, r#"{"result":"success","prior_brute":false}"#).is_none());
+        assert!(fires(k, "{}", r#"{"result":"success"}"#).is_some());
+        assert!(fires(k, "{}", r#"{"result":"fail","prior_brute":true}"#).is_none());
+        let k = "lifter:credential_default_credentials";
+        let pairs = r#"{"pairs":[["root","root"],["root",""]]}"#;
+        assert!(fires(k, pairs, r#"{"username":"root","password":""}"#).is_some());
+        assert!(fires(k, pairs, r#"{"username":"root","password":"toor"}"#).is_none());
+        assert!(compile(k, &Json::parse(r#"{"pairs":[["root"]]}"#).unwrap()).is_err());
+    }
+
+    #[test]
+    fn credential_reuse_from_counts_or_from_the_correlator() {
+        let k = "lifter:credential_reuse";
+        assert!(fires(k, "{}", r#"{"reuse_count":1,"credential_hash":"h"}"#).is_some());
+        assert!(fires(k, "{}", r#"{"reuse_count":7,"credential_hash":""}"#).is_none(), "no secret, no reuse");
+        assert!(fires(k, "{}", r#"{"reuse_count":0,"credential_hash":"h"}"#).is_none());
+        assert_eq!(
+            fires(k, "{}", r#"{"attacker_uuids":["a","b","c"],"attacker_ips":["1.1.1.1"]}"#).as_deref(),
+            Some(r#"{"reuse_count":3}"#)
+        );
+        assert_eq!(fires(k, "{}", r#"{"attacker_uuids":"[\"a\",\"b\"]"}"#).as_deref(), Some(r#"{"reuse_count":2}"#));
+        assert!(fires(k, "{}", r#"{"attacker_uuids":["a"]}"#).is_none());
     }
 
     #[test]
