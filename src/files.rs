@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use ttpflow_dataflows::json::{write_str, Json};
+use ttpflow_dataflows::json::write_str;
 use ttpflow_dataflows::record::{DeadLetter, Line, Pos, Tag};
 use ttpflow_dataflows::time::format_rfc3339;
 
@@ -181,9 +181,4 @@ pub fn dead_letter_json(dead: &DeadLetter, inputs: &[PathBuf], out: &mut String)
     out.push_str(",\"detail\":");
     write_str(&dead.detail, out);
     out.push('}');
-}
-
-/// Parses a `tags.jsonl` line back (tests and tools).
-pub fn parse_jsonl(text: &str) -> Vec<Json> {
-    text.lines().filter(|l| !l.trim().is_empty()).filter_map(|l| Json::parse(l).ok()).collect()
 }

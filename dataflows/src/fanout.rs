@@ -7,8 +7,8 @@
 //!
 //! Identities are DECNET's: the event's source_id is the first truthy of `source_id`,
 //! `session_id`, `token_id`, `identity_uuid`, `credential_id`, `attacker_uuid`, `uuid`,
-//! else the topic, except that a canary trigger is its `trigger_id`; a command's is its `id`/`uuid`/`command_id`, else
-//! `<event source_id>#cmd<index>`. A bare-string command becomes `{"command_text": s}`;
+//! else the topic (except that a canary trigger is its `trigger_id`, DESIGN §2.1); a
+//! command's is its `id`/`uuid`/`command_id`, else `<event source_id>#cmd<index>`. A bare-string command becomes `{"command_text": s}`;
 //! an object command without a string `command_text`/`text` is not a subject.
 
 use std::sync::Arc;

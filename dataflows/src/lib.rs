@@ -1,13 +1,14 @@
 //! The ttpflow graph: honeypot bus records in, stored ATT&CK technique tags out.
 //!
 //! ```text
-//! records ─ decode ─┬─ events ── anchor (⋈ attackers by ip) ── fan-out (session → commands)
-//!                   │                                              │
-//!                   └─ table updates → attackers arrangement       detect: one compiled rule
-//!                                                                  set per source kind
-//!                                                                          │
-//!                                               store: tags distinct by uuid, insert-only,
-//!                                               earliest record wins
+//! records ─ decode ─┬─ events ── anchor (real shapes; ⋈ attackers by ip) ── fan-out (session → commands)
+//!                   │                                                          │
+//!                   └─ table updates → attackers arrangement        detect: one compiled rule set per
+//!                                                                   source kind (regex + structured
+//!                                                                   predicates), in one operator
+//!                                                                              │
+//!                                                  store: tags distinct by uuid, insert-only,
+//!                                                  earliest record wins
 //! ```
 //!
 //! Timely timestamps are epochs (one per source batch); event time is data. Every stage
