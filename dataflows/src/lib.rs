@@ -18,6 +18,7 @@
 
 pub mod anchor;
 pub mod decode;
+pub mod email;
 pub mod fanout;
 pub mod json;
 pub mod predicates;

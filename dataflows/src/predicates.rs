@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+use crate::email;
 use crate::json::Json;
 use crate::pyregex::PyRegex;
 
@@ -79,6 +80,10 @@ pub enum Predicate {
     /// R0006: a login with a well-known default username / password pair.
     DefaultCredentials {
         pairs: Vec<(String, String)>,
+    },
+    /// R0044: a URL whose host has a punycode label (an internationalised look-alike).
+    EmailIdnUrl {
+        punycode_prefix: String,
     },
     /// A lifter kind this build loads and keeps but does not evaluate.
     NotEvaluated,
@@ -226,6 +231,18 @@ pub fn compile(kind: &str, params: &Json) -> Result<Predicate, String> {
             Predicate::PasswordSpraying { account_threshold: p.number("account_threshold", 3.0)? }
         }
         "lifter:credential_reuse" => Predicate::CredentialReuse,
+        "lifter:email_idn_url" => Predicate::EmailIdnUrl {
+            punycode_prefix: match params.get("punycode_prefix") {
+                None => "xn--".to_string(),
+                Some(Json::Str(prefix)) if !prefix.is_empty() => prefix.to_ascii_lowercase(),
+                Some(other) => {
+                    return Err(format!(
+                        "parameter \"punycode_prefix\" must be a non-empty string, got {}",
+                        other.type_name()
+                    ))
+                }
+            },
+        },
         "lifter:credential_valid_account_use" => {
             Predicate::ValidAccountUse { require_prior_brute: p.bool("require_prior_brute")? }
         }
@@ -294,6 +311,12 @@ impl Predicate {
     /// Whether it is evaluated at all (see [`Predicate::NotEvaluated`]).
     pub fn is_evaluated(&self) -> bool {
         !matches!(self, Predicate::NotEvaluated)
+    }
+
+    /// Whether the extra evidence is the whole evidence: email tags carry a fixed shape
+    /// (hashes, domains, counts) instead of payload fields, which may hold addresses.
+    pub fn owns_evidence(&self) -> bool {
+        matches!(self, Predicate::EmailIdnUrl { .. })
     }
 
     /// Source kinds the predicate reads besides its rule's `applies_to`.
@@ -424,6 +447,18 @@ impl Predicate {
                 let username = payload.get("username")?.as_str()?;
                 let password = payload.get("password")?.as_str()?;
                 pairs.iter().any(|(u, p)| u == username && p == password).then(Extra::new)
+            }
+            Predicate::EmailIdnUrl { punycode_prefix } => {
+                let Json::Arr(urls) = payload.get("urls")? else { return None };
+                let host = urls
+                    .iter()
+                    .filter_map(Json::as_str)
+                    .filter_map(email::url_host)
+                    .find(|h| h.split('.').any(|label| label.starts_with(punycode_prefix.as_str())))?;
+                let mut evidence = email::base_evidence(payload);
+                evidence.push(("matched_headers".to_string(), Json::Arr(vec![Json::Str("body".to_string())])));
+                evidence.push(("matched_url_host".to_string(), Json::Str(host)));
+                Some(evidence)
             }
             Predicate::NotEvaluated => None,
         }
@@ -610,6 +645,22 @@ mod tests {
         );
         assert_eq!(fires(k, "{}", r#"{"attacker_uuids":"[\"a\",\"b\"]"}"#).as_deref(), Some(r#"{"reuse_count":2}"#));
         assert!(fires(k, "{}", r#"{"attacker_uuids":["a"]}"#).is_none());
+    }
+
+    #[test]
+    fn idn_urls_in_email_carry_only_the_host_and_the_base_evidence() {
+        let k = "lifter:email_idn_url";
+        let params = r#"{"punycode_prefix":"xn--"}"#;
+        let payload = r#"{"urls":["https://ok.example/","https://pay.xn--pypal-4ve.example/verify"],"from_domain":"ceo@victim.example"}"#;
+        assert_eq!(
+            fires(k, params, payload).as_deref(),
+            Some(
+                r#"{"attachment_sha256s":[],"body_sha256":"","rcpt_count":0,"rcpt_domain_set":[],"matched_headers":["body"],"matched_url_host":"pay.xn--pypal-4ve.example"}"#
+            )
+        );
+        assert_eq!(fires(k, params, r#"{"urls":["https://paypal.example/"]}"#), None);
+        assert_eq!(fires(k, params, r#"{"urls":"https://xn--a.example/"}"#), None);
+        assert!(compile(k, &Json::parse("{}").unwrap()).unwrap().owns_evidence());
     }
 
     #[test]

@@ -245,6 +245,11 @@ fn fires(rule: &Rule, subject: &Subject) -> Option<Extra> {
 /// The rule's evidence fields present in the payload, then the kind's auxiliary fields,
 /// then what the predicate adds (overriding a payload value of the same name).
 fn evidence(rule: &Rule, subject: &Subject, extra: Extra) -> Json {
+    if let Matcher::Structured { predicate, .. } = &rule.matcher {
+        if predicate.owns_evidence() {
+            return Json::Obj(extra);
+        }
+    }
     let mut fields: Vec<(String, Json)> = Vec::new();
     // Only DECNET's regex engine adds the auxiliary fields; its lifters do not.
     let aux = match rule.matcher {

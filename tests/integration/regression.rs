@@ -29,6 +29,8 @@ const FIELDS: &[&str] = &[
 
 /// Kinds whose every DECNET tag ttpflow must reproduce exactly at this stage.
 const KINDS: &[&str] = &["command", "http_request", "session", "ipv6_leak", "auth_attempt", "credential", "identity"];
+/// Email rules whose every DECNET tag ttpflow must reproduce exactly at this stage.
+const EMAIL_RULES: &[&str] = &["R0044"];
 /// Kinds where DECNET is right about every event, so an extra tag is a wrong match.
 const NO_EXTRAS: &[&str] = &["command", "http_request", "ipv6_leak", "auth_attempt", "identity"];
 
@@ -71,7 +73,11 @@ fn check_corpus(corpus: &str) {
     };
     let out = run(&conf.join("decnet/rules"), &[conf.join(format!("corpus/{corpus}_tables.jsonl")), events], 1, 4096);
 
-    let in_scope = |row: &&Value| KINDS.contains(&row["source_kind"].as_str().unwrap_or_default());
+    let in_scope = |row: &&Value| {
+        let (kind, rule) =
+            (row["source_kind"].as_str().unwrap_or_default(), row["rule_id"].as_str().unwrap_or_default());
+        KINDS.contains(&kind) || (kind == "email" && EMAIL_RULES.contains(&rule))
+    };
     let ours: BTreeMap<&str, &Value> =
         out.tags.iter().filter(in_scope).map(|t| (t["uuid"].as_str().unwrap(), t)).collect();
     let gold = golden(&conf, corpus, dir.path());
