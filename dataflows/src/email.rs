@@ -43,6 +43,20 @@ pub fn base_evidence(payload: &Json) -> Extra {
     ]
 }
 
+/// The evidence of an email tag: the base, the headers that matched, then `extra`.
+pub fn evidence(payload: &Json, matched_headers: &[&str], extra: Extra) -> Extra {
+    let mut evidence = base_evidence(payload);
+    let headers = matched_headers.iter().map(|h| Json::Str(h.to_string())).collect();
+    evidence.push(("matched_headers".to_string(), Json::Arr(headers)));
+    evidence.extend(extra);
+    evidence
+}
+
+/// The domain of an address or a bare domain, lower-cased.
+pub fn domain_of(address: &str) -> String {
+    address.rsplit('@').next().unwrap_or(address).to_lowercase()
+}
+
 /// The host of an absolute URL, lower-cased, without user info or port.
 pub fn url_host(url: &str) -> Option<String> {
     let rest = url.split_once("//")?.1;

@@ -85,6 +85,17 @@ pub enum Predicate {
     EmailIdnUrl {
         punycode_prefix: String,
     },
+    /// R0041: a message to many recipients from a domain other than its envelope sender's.
+    EmailOpenRelay {
+        rcpt_threshold: f64,
+        require_foreign_from: bool,
+    },
+    /// R0042: a message to at least `rcpt_threshold` recipients.
+    EmailMassPhish {
+        rcpt_threshold: f64,
+    },
+    /// R0043: a phishing kit recognised from the X-Mailer header (by the producer).
+    EmailXmailerKit,
     /// A lifter kind this build loads and keeps but does not evaluate.
     NotEvaluated,
 }
@@ -231,6 +242,12 @@ pub fn compile(kind: &str, params: &Json) -> Result<Predicate, String> {
             Predicate::PasswordSpraying { account_threshold: p.number("account_threshold", 3.0)? }
         }
         "lifter:credential_reuse" => Predicate::CredentialReuse,
+        "lifter:email_open_relay" => Predicate::EmailOpenRelay {
+            rcpt_threshold: p.number("rcpt_threshold", 10.0)?,
+            require_foreign_from: p.bool("require_foreign_from")?,
+        },
+        "lifter:email_mass_phish" => Predicate::EmailMassPhish { rcpt_threshold: p.number("rcpt_threshold", 25.0)? },
+        "lifter:email_xmailer_kit" => Predicate::EmailXmailerKit,
         "lifter:email_idn_url" => Predicate::EmailIdnUrl {
             punycode_prefix: match params.get("punycode_prefix") {
                 None => "xn--".to_string(),
@@ -316,7 +333,13 @@ impl Predicate {
     /// Whether the extra evidence is the whole evidence: email tags carry a fixed shape
     /// (hashes, domains, counts) instead of payload fields, which may hold addresses.
     pub fn owns_evidence(&self) -> bool {
-        matches!(self, Predicate::EmailIdnUrl { .. })
+        matches!(
+            self,
+            Predicate::EmailIdnUrl { .. }
+                | Predicate::EmailOpenRelay { .. }
+                | Predicate::EmailMassPhish { .. }
+                | Predicate::EmailXmailerKit
+        )
     }
 
     /// Source kinds the predicate reads besides its rule's `applies_to`.
@@ -455,10 +478,35 @@ impl Predicate {
                     .filter_map(Json::as_str)
                     .filter_map(email::url_host)
                     .find(|h| h.split('.').any(|label| label.starts_with(punycode_prefix.as_str())))?;
-                let mut evidence = email::base_evidence(payload);
-                evidence.push(("matched_headers".to_string(), Json::Arr(vec![Json::Str("body".to_string())])));
-                evidence.push(("matched_url_host".to_string(), Json::Str(host)));
-                Some(evidence)
+                Some(email::evidence(payload, &["body"], vec![("matched_url_host".to_string(), Json::Str(host))]))
+            }
+            Predicate::EmailOpenRelay { rcpt_threshold, require_foreign_from } => {
+                if payload.get("rcpt_count").and_then(integer)? < *rcpt_threshold {
+                    return None;
+                }
+                if *require_foreign_from {
+                    let domain = |f: &str| payload.get(f).and_then(Json::as_str).map(email::domain_of);
+                    let mail_from = domain("mail_from_domain").filter(|d| !d.is_empty())?;
+                    if domain("from_domain").as_deref() == Some(mail_from.as_str()) {
+                        return None;
+                    }
+                }
+                Some(email::evidence(payload, &["From", "Mail-From"], Vec::new()))
+            }
+            Predicate::EmailMassPhish { rcpt_threshold } => {
+                // A message without a body is a relay probe (R0041), not a phishing run.
+                let evidence = email::evidence(payload, &[], Vec::new());
+                let has_body = evidence.iter().any(|(k, v)| k == "body_sha256" && v.is_truthy());
+                (has_body && payload.get("rcpt_count").and_then(integer)? >= *rcpt_threshold).then_some(evidence)
+            }
+            Predicate::EmailXmailerKit => {
+                let kit = payload.get("matched_kit").filter(|k| k.is_truthy());
+                let flagged = payload.get("xmailer_kit_match") == Some(&Json::Bool(true));
+                if kit.is_none() && !flagged {
+                    return None;
+                }
+                let extra = kit.map(|k| vec![("matched_kit".to_string(), k.clone())]).unwrap_or_default();
+                Some(email::evidence(payload, &["X-Mailer"], extra))
             }
             Predicate::NotEvaluated => None,
         }
@@ -661,6 +709,39 @@ mod tests {
         assert_eq!(fires(k, params, r#"{"urls":["https://paypal.example/"]}"#), None);
         assert_eq!(fires(k, params, r#"{"urls":"https://xn--a.example/"}"#), None);
         assert!(compile(k, &Json::parse("{}").unwrap()).unwrap().owns_evidence());
+    }
+
+    #[test]
+    fn open_relay_mass_mailing_and_kits() {
+        let k = "lifter:email_open_relay";
+        let params = r#"{"rcpt_threshold":10,"require_foreign_from":true}"#;
+        let relayed = r#"{"rcpt_count":24,"from_domain":"ceo@Victim.example","mail_from_domain":"bulk.example","rcpt_domains":["B.example","a.example"]}"#;
+        assert_eq!(
+            fires(k, params, relayed).as_deref(),
+            Some(
+                r#"{"attachment_sha256s":[],"body_sha256":"","rcpt_count":24,"rcpt_domain_set":["a.example","b.example"],"matched_headers":["From","Mail-From"]}"#
+            )
+        );
+        assert!(fires(
+            k,
+            params,
+            r#"{"rcpt_count":24,"from_domain":"x@bulk.example","mail_from_domain":"BULK.example"}"#
+        )
+        .is_none());
+        assert!(
+            fires(k, params, r#"{"rcpt_count":9,"from_domain":"a.example","mail_from_domain":"b.example"}"#).is_none()
+        );
+        assert!(fires(k, params, r#"{"rcpt_count":50,"from_domain":"a.example"}"#).is_none(), "no envelope sender");
+        assert!(fires(k, r#"{"rcpt_threshold":10}"#, r#"{"rcpt_count":50}"#).is_some());
+        let k = "lifter:email_mass_phish";
+        assert!(fires(k, r#"{"rcpt_threshold":25}"#, r#"{"rcpt_count":25,"body_text":"Click here"}"#).is_some());
+        assert!(fires(k, r#"{"rcpt_threshold":25}"#, r#"{"rcpt_count":25,"body_sha256":"ab"}"#).is_some());
+        assert!(fires(k, r#"{"rcpt_threshold":25}"#, r#"{"rcpt_count":24,"body_text":"Click here"}"#).is_none());
+        assert!(fires(k, r#"{"rcpt_threshold":25}"#, r#"{"rcpt_count":50}"#).is_none(), "no body");
+        let k = "lifter:email_xmailer_kit";
+        assert!(fires(k, "{}", r#"{"matched_kit":"kit-X"}"#).unwrap().contains(r#""matched_kit":"kit-X""#));
+        assert!(!fires(k, "{}", r#"{"xmailer_kit_match":true,"x_mailer":"Gophish"}"#).unwrap().contains("matched_kit"));
+        assert!(fires(k, "{}", r#"{"x_mailer":"Gophish"}"#).is_none());
     }
 
     #[test]
