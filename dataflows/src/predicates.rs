@@ -96,9 +96,22 @@ pub enum Predicate {
     },
     /// R0043: a phishing kit recognised from the X-Mailer header (by the producer).
     EmailXmailerKit,
+    /// R0045: a sender that is not who it says it is: From differs from Return-Path or
+    /// from the envelope sender, a DKIM signature is missing, SPF failed.
+    EmailSenderMasquerade {
+        signals: Vec<String>,
+    },
+    /// R0047: business email compromise: a pressing subject and an action in the body.
+    EmailBec {
+        subject_keywords: Vec<String>,
+        body_keywords: Vec<String>,
+    },
     /// A lifter kind this build loads and keeps but does not evaluate.
     NotEvaluated,
 }
+
+/// The sender-masquerade signals R0045 knows.
+const MASQUERADE_SIGNALS: &[&str] = &["from_returnpath_mismatch", "from_mailfrom_mismatch", "dkim_fail", "spf_fail"];
 
 /// Extra evidence of a fire, merged over the rule's evidence fields.
 pub type Extra = Vec<(String, Json)>;
@@ -248,6 +261,17 @@ pub fn compile(kind: &str, params: &Json) -> Result<Predicate, String> {
         },
         "lifter:email_mass_phish" => Predicate::EmailMassPhish { rcpt_threshold: p.number("rcpt_threshold", 25.0)? },
         "lifter:email_xmailer_kit" => Predicate::EmailXmailerKit,
+        "lifter:email_sender_masquerade" => {
+            let signals = p.strings("signals")?;
+            if let Some(unknown) = signals.iter().find(|s| !MASQUERADE_SIGNALS.contains(&s.as_str())) {
+                return Err(format!("parameter \"signals\": unknown signal \"{unknown}\""));
+            }
+            Predicate::EmailSenderMasquerade { signals }
+        }
+        "lifter:email_bec" => Predicate::EmailBec {
+            subject_keywords: p.strings("subject_keywords")?.iter().map(|k| k.to_lowercase()).collect(),
+            body_keywords: p.strings("body_action_keywords")?.iter().map(|k| k.to_lowercase()).collect(),
+        },
         "lifter:email_idn_url" => Predicate::EmailIdnUrl {
             punycode_prefix: match params.get("punycode_prefix") {
                 None => "xn--".to_string(),
@@ -339,6 +363,8 @@ impl Predicate {
                 | Predicate::EmailOpenRelay { .. }
                 | Predicate::EmailMassPhish { .. }
                 | Predicate::EmailXmailerKit
+                | Predicate::EmailSenderMasquerade { .. }
+                | Predicate::EmailBec { .. }
         )
     }
 
@@ -507,6 +533,48 @@ impl Predicate {
                 }
                 let extra = kit.map(|k| vec![("matched_kit".to_string(), k.clone())]).unwrap_or_default();
                 Some(email::evidence(payload, &["X-Mailer"], extra))
+            }
+            Predicate::EmailSenderMasquerade { signals } => {
+                let domain =
+                    |f: &str| payload.get(f).and_then(Json::as_str).filter(|d| !d.is_empty()).map(email::domain_of);
+                let from = domain("from_domain").unwrap_or_default();
+                let differs = |f: &str| domain(f).is_some_and(|d| d != from);
+                let observed = [
+                    ("from_returnpath_mismatch", differs("return_path_domain"), ["From", "Return-Path"].as_slice()),
+                    // DECNET names the same headers for both sender mismatches; kept for parity.
+                    ("from_mailfrom_mismatch", differs("mail_from_domain"), ["From", "Return-Path"].as_slice()),
+                    (
+                        "dkim_fail",
+                        payload.get("dkim_signed") == Some(&Json::Bool(false)),
+                        ["DKIM-Signature"].as_slice(),
+                    ),
+                    (
+                        "spf_fail",
+                        payload.get("spf_pass") == Some(&Json::Bool(false)),
+                        ["Authentication-Results"].as_slice(),
+                    ),
+                ];
+                let hits: Vec<_> =
+                    observed.iter().filter(|(name, hit, _)| *hit && signals.iter().any(|s| s == name)).collect();
+                if hits.is_empty() {
+                    return None;
+                }
+                let mut headers: Vec<&str> = hits.iter().flat_map(|(_, _, h)| h.iter().copied()).collect();
+                headers.sort_unstable();
+                headers.dedup();
+                let matched = hits.iter().map(|(name, _, _)| Json::Str(name.to_string())).collect();
+                Some(email::evidence(payload, &headers, vec![("matched_signals".to_string(), Json::Arr(matched))]))
+            }
+            Predicate::EmailBec { subject_keywords, body_keywords } => {
+                let subject = payload.get("subject").and_then(Json::as_str)?.to_lowercase();
+                let body = payload.get("body_text").and_then(Json::as_str)?.to_lowercase();
+                let subject_kw = subject_keywords.iter().find(|k| subject.contains(k.as_str()))?;
+                let body_kw = body_keywords.iter().find(|k| body.contains(k.as_str()))?;
+                let extra = vec![
+                    ("matched_subject_kw".to_string(), Json::Str(subject_kw.clone())),
+                    ("matched_body_kw".to_string(), Json::Str(body_kw.clone())),
+                ];
+                Some(email::evidence(payload, &["Subject"], extra))
             }
             Predicate::NotEvaluated => None,
         }
@@ -742,6 +810,31 @@ mod tests {
         assert!(fires(k, "{}", r#"{"matched_kit":"kit-X"}"#).unwrap().contains(r#""matched_kit":"kit-X""#));
         assert!(!fires(k, "{}", r#"{"xmailer_kit_match":true,"x_mailer":"Gophish"}"#).unwrap().contains("matched_kit"));
         assert!(fires(k, "{}", r#"{"x_mailer":"Gophish"}"#).is_none());
+    }
+
+    #[test]
+    fn sender_masquerade_signals_and_headers() {
+        let k = "lifter:email_sender_masquerade";
+        let all = r#"{"signals":["from_returnpath_mismatch","from_mailfrom_mismatch","dkim_fail","spf_fail"]}"#;
+        let spoofed = r#"{"from_domain":"ceo@victim.example","return_path_domain":"evil.example","dkim_signed":false,"spf_pass":true}"#;
+        let got = fires(k, all, spoofed).unwrap();
+        assert!(got.contains(r#""matched_headers":["DKIM-Signature","From","Return-Path"]"#), "{got}");
+        assert!(got.contains(r#""matched_signals":["from_returnpath_mismatch","dkim_fail"]"#), "{got}");
+        assert!(fires(k, all, r#"{"from_domain":"a.example","return_path_domain":"A.example","dkim_signed":null}"#)
+            .is_none());
+        assert!(fires(k, r#"{"signals":["spf_fail"]}"#, spoofed).is_none(), "only enabled signals count");
+        assert!(compile(k, &Json::parse(r#"{"signals":["bimi_fail"]}"#).unwrap()).is_err());
+    }
+
+    #[test]
+    fn bec_needs_a_subject_and_a_body_keyword() {
+        let k = "lifter:email_bec";
+        let params = r#"{"subject_keywords":["urgent","wire"],"body_action_keywords":["send","transfer"]}"#;
+        let bec = r#"{"subject":"URGENT wire transfer needed","body_text":"Please transfer and send today"}"#;
+        let got = fires(k, params, bec).unwrap();
+        assert!(got.contains(r#""matched_subject_kw":"urgent","matched_body_kw":"send""#), "{got}");
+        assert!(fires(k, params, r#"{"subject":"urgent","body_text":"hello"}"#).is_none());
+        assert!(fires(k, params, r#"{"subject":"hello","body_text":"send"}"#).is_none());
     }
 
     #[test]
