@@ -106,12 +106,21 @@ pub enum Predicate {
         subject_keywords: Vec<String>,
         body_keywords: Vec<String>,
     },
+    /// R0046: an attachment that executes or hides: macros, shortcut or disk images,
+    /// password-protected archives, HTML smuggling, a known-bad hash.
+    EmailMaliciousAttachment {
+        triggers: Vec<String>,
+    },
     /// A lifter kind this build loads and keeps but does not evaluate.
     NotEvaluated,
 }
 
 /// The sender-masquerade signals R0045 knows.
 const MASQUERADE_SIGNALS: &[&str] = &["from_returnpath_mismatch", "from_mailfrom_mismatch", "dkim_fail", "spf_fail"];
+
+/// The attachment triggers R0046 knows, most telling first.
+const ATTACHMENT_TRIGGERS: &[&str] =
+    &["office_macro", "protected_archive", "html_smuggling", "mal_hash_match", "lnk", "iso", "img"];
 
 /// Extra evidence of a fire, merged over the rule's evidence fields.
 pub type Extra = Vec<(String, Json)>;
@@ -268,6 +277,13 @@ pub fn compile(kind: &str, params: &Json) -> Result<Predicate, String> {
             }
             Predicate::EmailSenderMasquerade { signals }
         }
+        "lifter:email_malicious_attachment" => {
+            let triggers = p.strings("triggers")?;
+            if let Some(unknown) = triggers.iter().find(|t| !ATTACHMENT_TRIGGERS.contains(&t.as_str())) {
+                return Err(format!("parameter \"triggers\": unknown trigger \"{unknown}\""));
+            }
+            Predicate::EmailMaliciousAttachment { triggers }
+        }
         "lifter:email_bec" => Predicate::EmailBec {
             subject_keywords: p.strings("subject_keywords")?.iter().map(|k| k.to_lowercase()).collect(),
             body_keywords: p.strings("body_action_keywords")?.iter().map(|k| k.to_lowercase()).collect(),
@@ -365,6 +381,7 @@ impl Predicate {
                 | Predicate::EmailXmailerKit
                 | Predicate::EmailSenderMasquerade { .. }
                 | Predicate::EmailBec { .. }
+                | Predicate::EmailMaliciousAttachment { .. }
         )
     }
 
@@ -575,6 +592,28 @@ impl Predicate {
                     ("matched_body_kw".to_string(), Json::Str(body_kw.clone())),
                 ];
                 Some(email::evidence(payload, &["Subject"], extra))
+            }
+            Predicate::EmailMaliciousAttachment { triggers } => {
+                let extensions: Vec<String> = match payload.get("attachment_extensions") {
+                    Some(Json::Arr(items)) => items
+                        .iter()
+                        .filter_map(Json::as_str)
+                        .map(|e| e.trim_start_matches('.').to_lowercase())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let flag = |f: &str| payload.get(f) == Some(&Json::Bool(true));
+                let present = |trigger: &str| match trigger {
+                    "office_macro" => flag("attachment_macros"),
+                    "protected_archive" => flag("attachment_password_protected"),
+                    "html_smuggling" => flag("html_smuggling"),
+                    "mal_hash_match" => flag("mal_hash_match"),
+                    ext => extensions.iter().any(|e| e == ext),
+                };
+                // The most telling trigger names the tag, in this fixed order.
+                let trigger = ATTACHMENT_TRIGGERS.iter().find(|t| triggers.iter().any(|e| e == *t) && present(t))?;
+                let extra = vec![("matched_trigger".to_string(), Json::Str(trigger.to_string()))];
+                Some(email::evidence(payload, &[], extra))
             }
             Predicate::NotEvaluated => None,
         }
@@ -835,6 +874,32 @@ mod tests {
         assert!(got.contains(r#""matched_subject_kw":"urgent","matched_body_kw":"send""#), "{got}");
         assert!(fires(k, params, r#"{"subject":"urgent","body_text":"hello"}"#).is_none());
         assert!(fires(k, params, r#"{"subject":"hello","body_text":"send"}"#).is_none());
+    }
+
+    #[test]
+    fn malicious_attachments_name_the_most_telling_trigger() {
+        let k = "lifter:email_malicious_attachment";
+        let all =
+            r#"{"triggers":["office_macro","lnk","iso","img","protected_archive","html_smuggling","mal_hash_match"]}"#;
+        let trigger = |payload: &str| {
+            fires(k, all, payload).map(|e| Json::parse(&e).unwrap().get("matched_trigger").unwrap().to_json_string())
+        };
+        assert_eq!(trigger(r#"{"attachment_extensions":[".IMG","iso"]}"#).as_deref(), Some(r#""iso""#));
+        assert_eq!(
+            trigger(r#"{"attachment_extensions":["lnk"],"html_smuggling":true}"#).as_deref(),
+            Some(r#""html_smuggling""#)
+        );
+        assert_eq!(
+            trigger(r#"{"attachment_macros":true,"attachment_password_protected":true}"#).as_deref(),
+            Some(r#""office_macro""#)
+        );
+        assert_eq!(
+            trigger(r#"{"attachment_extensions":["iso"],"mal_hash_match":true}"#).as_deref(),
+            Some(r#""mal_hash_match""#)
+        );
+        assert_eq!(trigger(r#"{"attachment_extensions":["pdf"],"html_smuggling":null}"#), None);
+        assert!(fires(k, r#"{"triggers":["iso"]}"#, r#"{"attachment_extensions":["img"]}"#).is_none());
+        assert!(compile(k, &Json::parse(r#"{"triggers":["exe"]}"#).unwrap()).is_err());
     }
 
     #[test]
