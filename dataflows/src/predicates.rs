@@ -111,6 +111,11 @@ pub enum Predicate {
     EmailMaliciousAttachment {
         triggers: Vec<String>,
     },
+    /// R0048: at least `min_bytes` of base64 in a message body: the producer's count, else
+    /// the longest base64 run of `body_text`, decoded.
+    EmailEncodedPayload {
+        min_bytes: f64,
+    },
     /// A lifter kind this build loads and keeps but does not evaluate.
     NotEvaluated,
 }
@@ -284,6 +289,15 @@ pub fn compile(kind: &str, params: &Json) -> Result<Predicate, String> {
             }
             Predicate::EmailMaliciousAttachment { triggers }
         }
+        "lifter:email_encoded_payload" => {
+            match params.get("encoding").and_then(Json::as_str) {
+                None | Some("base64") => {}
+                Some(other) => {
+                    return Err(format!("parameter \"encoding\": only base64 is supported, got \"{other}\""))
+                }
+            }
+            Predicate::EmailEncodedPayload { min_bytes: p.number("min_bytes", 4096.0)? }
+        }
         "lifter:email_bec" => Predicate::EmailBec {
             subject_keywords: p.strings("subject_keywords")?.iter().map(|k| k.to_lowercase()).collect(),
             body_keywords: p.strings("body_action_keywords")?.iter().map(|k| k.to_lowercase()).collect(),
@@ -358,6 +372,33 @@ fn named_count(payload: &Json, field: &str) -> usize {
     }
 }
 
+/// The length of the longest base64 run in `text`: at least 32 characters of the base64
+/// alphabet, with up to two `=` of padding (shorter runs are ordinary words).
+fn longest_base64_run(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+    let (mut longest, mut i) = (0, 0);
+    while i < bytes.len() {
+        if !is_b64(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && is_b64(bytes[i]) {
+            i += 1;
+        }
+        let mut end = i;
+        while end < bytes.len() && end - i < 2 && bytes[end] == b'=' {
+            end += 1;
+        }
+        if i - start >= 32 {
+            longest = longest.max(end - start);
+        }
+        i = end.max(i);
+    }
+    longest
+}
+
 fn is_link_local(addr: &str) -> bool {
     // A zone index (`fe80::1%eth0`) names the interface, not the address.
     let addr = addr.split('%').next().unwrap_or(addr);
@@ -382,6 +423,7 @@ impl Predicate {
                 | Predicate::EmailSenderMasquerade { .. }
                 | Predicate::EmailBec { .. }
                 | Predicate::EmailMaliciousAttachment { .. }
+                | Predicate::EmailEncodedPayload { .. }
         )
     }
 
@@ -614,6 +656,19 @@ impl Predicate {
                 let trigger = ATTACHMENT_TRIGGERS.iter().find(|t| triggers.iter().any(|e| e == *t) && present(t))?;
                 let extra = vec![("matched_trigger".to_string(), Json::Str(trigger.to_string()))];
                 Some(email::evidence(payload, &[], extra))
+            }
+            Predicate::EmailEncodedPayload { min_bytes } => {
+                let body = payload.get("body_text").and_then(Json::as_str).filter(|b| !b.is_empty())?;
+                let counted = payload.get("body_base64_bytes").and_then(integer).filter(|n| *n >= *min_bytes);
+                let bytes = match counted {
+                    Some(n) => n,
+                    None => (longest_base64_run(body) * 3 / 4) as f64,
+                };
+                if bytes < *min_bytes {
+                    return None;
+                }
+                let count = Json::Num(format!("{}", bytes as i64));
+                Some(email::evidence(payload, &[], vec![("encoded_byte_count".to_string(), count)]))
             }
             Predicate::NotEvaluated => None,
         }
@@ -900,6 +955,24 @@ mod tests {
         assert_eq!(trigger(r#"{"attachment_extensions":["pdf"],"html_smuggling":null}"#), None);
         assert!(fires(k, r#"{"triggers":["iso"]}"#, r#"{"attachment_extensions":["img"]}"#).is_none());
         assert!(compile(k, &Json::parse(r#"{"triggers":["exe"]}"#).unwrap()).is_err());
+    }
+
+    #[test]
+    fn encoded_payloads_from_counts_or_from_the_body() {
+        let k = "lifter:email_encoded_payload";
+        let params = r#"{"min_bytes":4096,"encoding":"base64"}"#;
+        let count = |payload: &str| {
+            fires(k, params, payload)
+                .map(|e| Json::parse(&e).unwrap().get("encoded_byte_count").unwrap().to_json_string())
+        };
+        assert_eq!(count(r#"{"body_text":"x","body_base64_bytes":20000}"#).as_deref(), Some("20000"));
+        assert_eq!(count(r#"{"body_base64_bytes":20000}"#), None, "no body, nothing embedded");
+        let blob = format!(r#"{{"body_text":"see {}== attached","body_base64_bytes":100}}"#, "QUJD".repeat(1400));
+        assert_eq!(count(&blob).as_deref(), Some("4201"));
+        assert_eq!(count(r#"{"body_text":"short 1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa","body_base64_bytes":10}"#), None);
+        assert!(compile(k, &Json::parse(r#"{"encoding":"hex"}"#).unwrap()).is_err());
+        assert_eq!(longest_base64_run("ab ".repeat(40).as_str()), 0);
+        assert_eq!(longest_base64_run(&format!("{}=== x", "A".repeat(32))), 34);
     }
 
     #[test]

@@ -30,7 +30,7 @@ const FIELDS: &[&str] = &[
 /// Kinds whose every DECNET tag ttpflow must reproduce exactly at this stage.
 const KINDS: &[&str] = &["command", "http_request", "session", "ipv6_leak", "auth_attempt", "credential", "identity"];
 /// Email rules whose every DECNET tag ttpflow must reproduce exactly at this stage.
-const EMAIL_RULES: &[&str] = &["R0041", "R0042", "R0043", "R0044", "R0045", "R0046", "R0047"];
+const EMAIL_RULES: &[&str] = &["R0041", "R0042", "R0043", "R0044", "R0045", "R0046", "R0047", "R0048"];
 /// Kinds where DECNET is right about every event, so an extra tag is a wrong match.
 const NO_EXTRAS: &[&str] = &["command", "http_request", "ipv6_leak", "auth_attempt", "identity"];
 
