@@ -6,5 +6,6 @@
 
 pub mod cli;
 pub mod files;
+pub mod intel_tables;
 pub mod rules;
 pub mod runtime;

@@ -14,8 +14,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_yaml::Value;
+use ttpflow_dataflows::intel::IntelTables;
 use ttpflow_dataflows::json::Json;
 use ttpflow_dataflows::pyregex::PyRegex;
 use ttpflow_dataflows::rules::{Emit, Matcher, Rule, RulePack, RuleState, StateMode};
@@ -79,6 +81,8 @@ pub struct LoadOptions {
     pub attack_release: String,
     /// Rule states by rule id (from a state file or the database).
     pub states: BTreeMap<String, RuleState>,
+    /// The intel providers' mapping tables (the project's bundled ones by default).
+    pub intel: Arc<IntelTables>,
 }
 
 impl Default for LoadOptions {
@@ -86,6 +90,7 @@ impl Default for LoadOptions {
         LoadOptions {
             attack_release: ttpflow_dataflows::rules::DEFAULT_ATTACK_RELEASE.to_string(),
             states: BTreeMap::new(),
+            intel: Arc::new(crate::intel_tables::bundled()),
         }
     }
 }
@@ -98,6 +103,16 @@ pub fn is_rule_file_name(name: &str) -> bool {
 
 /// Loads and validates every rule file of `dir`.
 pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedPack, LoadError> {
+    let (loaded, problems) = load_valid(dir, options)?;
+    if !problems.is_empty() {
+        return Err(LoadError::Invalid { dir: dir.to_path_buf(), problems });
+    }
+    Ok(loaded)
+}
+
+/// Loads the valid rule files of `dir` and lists the problems of the others, so that
+/// `rules check` reports every problem and runs the examples of every valid rule at once.
+pub fn load_valid(dir: &Path, options: &LoadOptions) -> Result<(LoadedPack, Vec<Problem>), LoadError> {
     let read_dir = |source| LoadError::ReadDir { dir: dir.to_path_buf(), source };
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(read_dir)?
@@ -135,10 +150,8 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedPack, LoadError> 
             examples.push(ex);
         }
     }
-    if !problems.is_empty() {
-        return Err(LoadError::Invalid { dir: dir.to_path_buf(), problems });
-    }
-    Ok(LoadedPack { pack: RulePack::new(rules, options.attack_release.clone()), files, examples })
+    let pack = RulePack::new(rules, options.attack_release.clone()).with_intel_tables(Arc::clone(&options.intel));
+    Ok((LoadedPack { pack, files, examples }, problems))
 }
 
 /// Collects the problems of one file.

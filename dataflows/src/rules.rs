@@ -9,7 +9,9 @@
 //! the 0.3 floor are dropped (0.3 is kept).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use crate::intel::{self, IntelRow, IntelTables};
 use crate::json::Json;
 use crate::predicates::{Extra, Predicate};
 use crate::pyregex::PyRegex;
@@ -21,6 +23,10 @@ pub const CONFIDENCE_FLOOR: f64 = 0.3;
 
 /// The ATT&CK release DECNET stamps on tags.
 pub const DEFAULT_ATTACK_RELEASE: &str = "v15.1";
+
+/// Set on the `emit` order of tags the windows stage makes, so that they sort after every
+/// stateless tag of the same record.
+pub const WINDOWED_EMIT: u32 = 1 << 31;
 
 /// One `emits` entry.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,6 +99,10 @@ pub struct RulePack {
     rules: Vec<Rule>,
     attack_release: String,
     by_kind: BTreeMap<String, Vec<usize>>,
+    /// Rules judged on intel rows (the provider rules and R0058's bump).
+    intel_rules: Vec<usize>,
+    /// The intel providers' mapping tables.
+    intel: Arc<IntelTables>,
 }
 
 /// DECNET's default match field per source kind for `pattern` rules.
@@ -120,8 +130,11 @@ fn aux_evidence_fields(source_kind: &str) -> &'static [&'static str] {
 impl RulePack {
     pub fn new(rules: Vec<Rule>, attack_release: impl Into<String>) -> RulePack {
         let mut by_kind: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut intel_rules = Vec::new();
         for (idx, rule) in rules.iter().enumerate() {
-            if rule.is_evaluated() {
+            if rule.reads_intel_rows() {
+                intel_rules.push(idx);
+            } else if rule.is_evaluated() {
                 let extra = match &rule.matcher {
                     Matcher::Structured { predicate, .. } => predicate.extra_kinds(),
                     Matcher::Regex { .. } => &[],
@@ -134,7 +147,13 @@ impl RulePack {
                 }
             }
         }
-        RulePack { rules, attack_release: attack_release.into(), by_kind }
+        RulePack { rules, attack_release: attack_release.into(), by_kind, intel_rules, intel: Arc::default() }
+    }
+
+    /// The pack with the intel providers' mapping tables.
+    pub fn with_intel_tables(mut self, tables: Arc<IntelTables>) -> RulePack {
+        self.intel = tables;
+        self
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -159,6 +178,44 @@ impl RulePack {
         }
     }
 
+    /// Appends to `out` the intel tags of `attacker`'s latest intel row: source_id = the
+    /// attacker (DESIGN §2.4), the other anchors as the row carries them.
+    pub fn intel_tags(&self, attacker: &str, row: &IntelRow, out: &mut Vec<Tag>) {
+        let payload = &row.payload;
+        let text = |f: &str| payload.get(f).filter(|v| **v != Json::Null).and_then(Json::python_str);
+        let subject = Subject {
+            pos: row.pos,
+            part: 0,
+            source_kind: "intel".to_string(),
+            source_id: attacker.to_string(),
+            attacker_uuid: Some(attacker.to_string()),
+            identity_uuid: text("identity_uuid"),
+            session_id: text("session_id"),
+            decky_id: text("decky_id"),
+            event_time: row.event_time,
+            payload: Arc::clone(payload),
+        };
+        for &idx in &self.intel_rules {
+            let rule = &self.rules[idx];
+            if rule.state.is_active() && rule.applies_to.iter().any(|k| k == "intel") {
+                self.emit_intel(idx, &subject, out);
+            }
+        }
+    }
+
+    /// R0058's bump for an attacker whose latest intel row is `row`, when it applies.
+    pub fn intel_bump(&self, row: &Json) -> Option<intel::Bump> {
+        if row.get("aggregate_verdict").and_then(Json::as_str) != Some("malicious") {
+            return None;
+        }
+        self.intel_rules.iter().map(|&idx| &self.rules[idx]).find_map(|rule| match &rule.matcher {
+            Matcher::Structured { predicate: Predicate::IntelBump { bump_amount }, .. } if rule.state.is_active() => {
+                Some(intel::Bump { rule_id: rule.rule_id.clone(), amount_micros: (bump_amount * 1e6).round() as i64 })
+            }
+            _ => None,
+        })
+    }
+
     /// Whether rule `idx` fires on `payload` for `source_kind` (used by `rules check`
     /// to run a rule's embedded examples).
     pub fn rule_matches(&self, idx: usize, source_kind: &str, payload: &Json) -> bool {
@@ -174,15 +231,66 @@ impl RulePack {
             event_time: None,
             payload: std::sync::Arc::new(payload.clone()),
         };
-        fires(&self.rules[idx], &subject).is_some()
+        match &self.rules[idx].matcher {
+            Matcher::Structured { predicate: Predicate::Intel(provider), .. } => {
+                !intel::decide(*provider, &self.intel, payload).is_empty()
+            }
+            Matcher::Structured { predicate: Predicate::IntelBump { .. }, .. } => self.intel_bump(payload).is_some(),
+            _ => fires(&self.rules[idx], &subject).is_some(),
+        }
+    }
+
+    /// The tags of rule `idx` for a subject that a cross-event detection qualified, with
+    /// `extra` evidence: built as [`RulePack::evaluate`] builds them (state, ceiling, floor),
+    /// ordered after the stateless tags of the same record ([`WINDOWED_EMIT`]), so that when
+    /// both yield one uuid the stateless row is stored. An inactive rule emits nothing.
+    pub(crate) fn emit_windowed(&self, idx: usize, subject: &Subject, extra: Extra, out: &mut Vec<Tag>) {
+        if !self.rules[idx].state.is_active() {
+            return;
+        }
+        let first = out.len();
+        self.emit(idx, subject, extra, out);
+        for tag in &mut out[first..] {
+            tag.emit |= WINDOWED_EMIT;
+        }
     }
 
     /// One tag per emit of rule `idx`, as DECNET's engine builds them.
     fn emit(&self, idx: usize, subject: &Subject, extra: Extra, out: &mut Vec<Tag>) {
+        let evidence = evidence(&self.rules[idx], subject, extra);
+        self.push_tags(idx, subject, |_| Some((1.0, evidence.clone())), out);
+    }
+
+    /// The tags of intel rule `idx`: only the emits whose technique the provider's
+    /// mapping decides, each scaled by its multiplier and with its own evidence.
+    fn emit_intel(&self, idx: usize, subject: &Subject, out: &mut Vec<Tag>) {
         let rule = &self.rules[idx];
-        let evidence = evidence(rule, subject, extra);
+        let Matcher::Structured { predicate: Predicate::Intel(provider), .. } = &rule.matcher else { return };
+        let decisions = intel::decide(*provider, &self.intel, &subject.payload);
+        self.push_tags(
+            idx,
+            subject,
+            |emit| {
+                let decision = decisions.iter().rev().find(|d| d.technique_id == emit.technique_id)?;
+                Some((decision.multiplier, evidence(rule, subject, decision.extra.clone())))
+            },
+            out,
+        );
+    }
+
+    /// The tags of rule `idx` for the emits `select` keeps, with its confidence
+    /// multiplier and evidence: clipped by the rule state, under the floor dropped.
+    fn push_tags(
+        &self,
+        idx: usize,
+        subject: &Subject,
+        select: impl Fn(&Emit) -> Option<(f64, Json)>,
+        out: &mut Vec<Tag>,
+    ) {
+        let rule = &self.rules[idx];
         for (e, emit) in rule.emits.iter().enumerate() {
-            let confidence = rule.state.apply_ceiling(emit.confidence);
+            let Some((multiplier, evidence)) = select(emit) else { continue };
+            let confidence = rule.state.apply_ceiling(emit.confidence * multiplier);
             if confidence < CONFIDENCE_FLOOR {
                 continue;
             }
@@ -211,7 +319,7 @@ impl RulePack {
                 confidence: Confidence(confidence),
                 rule_id: rule.rule_id.clone(),
                 rule_version: rule.rule_version,
-                evidence: evidence.clone(),
+                evidence,
                 attack_release: self.attack_release.clone(),
                 observed_at: subject.event_time,
             });
@@ -226,6 +334,11 @@ impl Rule {
             Matcher::Regex { .. } => true,
             Matcher::Structured { predicate, .. } => predicate.is_evaluated(),
         }
+    }
+
+    /// Whether the rule is judged on intel rows rather than on subjects.
+    pub fn reads_intel_rows(&self) -> bool {
+        matches!(&self.matcher, Matcher::Structured { predicate, .. } if predicate.reads_intel_rows())
     }
 }
 

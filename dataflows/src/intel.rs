@@ -1,0 +1,600 @@
+//! Intel: each attacker's latest intel row, joined into technique tags (DESIGN §2.4, §2.7).
+//!
+//! Input: anchored events and the table upserts. An intel row is a `decnet.attacker_intel`
+//! record (key = attacker uuid, a tombstone deletes it) or an `attacker.intel.enriched`
+//! event (the attacker's latest row, by its `attacker_uuid`). Output: the intel tags of
+//! every attacker's latest row, and the R0058 bump state of every attacker whose latest
+//! row has an aggregate verdict of `malicious`.
+//!
+//! Arrangements: the intel rows as an upsert arrangement keyed by attacker uuid (ties
+//! within an epoch go to the later record). State: one row per attacker.
+//!
+//! Intel tags are a function of the row alone: `source_kind` `intel`, `source_id` the
+//! attacker uuid (DECNET's `attacker.intel.enriched` path), so the same tags come out
+//! whether the row, the enriched event or the attacker's sessions arrive first, and
+//! there are no per-session copies (DECNET's `intel-catchup:<session>` rows). When a row
+//! changes, its tags change with it; the store keeps the first row of each uuid.
+//!
+//! The provider rules (`lifter:intel_abuseipdb|greynoise|feodo|threatfox`) decide which
+//! of their `emits` fire from the provider mapping tables ([`IntelTables`], read as data
+//! when the pack loads), each with a confidence multiplier (AbuseIPDB: score / 100;
+//! GreyNoise: 0.5 for a bare `malicious` classification) and evidence of what matched.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use timely::dataflow::operators::core::Concat;
+use timely::dataflow::operators::vec::Map;
+
+use crate::json::Json;
+use crate::predicates::Extra;
+use crate::record::{Event, Pos, Table, TableRow, TableUpdate, Tag};
+use crate::rules::RulePack;
+use crate::types::{Coll, Diff, Scope, Time};
+
+/// The topic whose events are intel rows.
+pub const ENRICHED_TOPIC: &str = "attacker.intel.enriched";
+
+/// GreyNoise's bare `malicious` classification is real but unspecific signal.
+const GREYNOISE_BARE_MALICIOUS: f64 = 0.5;
+
+/// The intel providers with a mapping table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Provider {
+    AbuseIpdb,
+    GreyNoise,
+    Feodo,
+    ThreatFox,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 4] = [Provider::AbuseIpdb, Provider::GreyNoise, Provider::Feodo, Provider::ThreatFox];
+
+    /// The provider's name, which is also its mapping table's file stem.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::AbuseIpdb => "abuseipdb",
+            Provider::GreyNoise => "greynoise",
+            Provider::Feodo => "feodo",
+            Provider::ThreatFox => "threatfox",
+        }
+    }
+
+    /// The provider of a `lifter:intel_<provider>` kind.
+    pub fn from_kind(kind: &str) -> Option<Provider> {
+        let name = kind.strip_prefix("lifter:intel_")?;
+        Provider::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// One technique a provider signal maps to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Emission {
+    pub technique_id: String,
+    /// The technique is mapped only when the provider's score reaches this.
+    pub high_score_threshold: Option<f64>,
+    /// The signal's confidence multiplier (1 unless its table says otherwise).
+    pub multiplier: f64,
+}
+
+/// A provider's mapping table: signal id → techniques.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProviderMapping {
+    pub mapping_version: String,
+    pub signals: BTreeMap<String, Vec<Emission>>,
+}
+
+impl ProviderMapping {
+    /// The techniques of `signal`, without those gated above `score` (an unknown score
+    /// passes no gate).
+    fn techniques<'a>(&'a self, signal: &str, score: Option<f64>) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+        self.signals.get(signal).into_iter().flatten().filter_map(move |e| match e.high_score_threshold {
+            Some(gate) if score.is_none_or(|s| s < gate) => None,
+            _ => Some((e.technique_id.as_str(), e.multiplier)),
+        })
+    }
+}
+
+/// Every provider's mapping table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IntelTables {
+    pub providers: BTreeMap<Provider, ProviderMapping>,
+}
+
+impl IntelTables {
+    fn mapping(&self, provider: Provider) -> &ProviderMapping {
+        static EMPTY: std::sync::OnceLock<ProviderMapping> = std::sync::OnceLock::new();
+        self.providers.get(&provider).unwrap_or_else(|| EMPTY.get_or_init(ProviderMapping::default))
+    }
+}
+
+/// One technique a provider rule fires, with its confidence multiplier and evidence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub technique_id: String,
+    pub multiplier: f64,
+    pub extra: Extra,
+}
+
+/// The decisions of `provider`'s rule on an intel row.
+pub fn decide(provider: Provider, tables: &IntelTables, row: &Json) -> Vec<Decision> {
+    let mapping = tables.mapping(provider);
+    match provider {
+        Provider::AbuseIpdb => abuseipdb(mapping, row),
+        Provider::GreyNoise => greynoise(mapping, row),
+        Provider::Feodo => feodo(mapping, row),
+        Provider::ThreatFox => threatfox(mapping, row),
+    }
+}
+
+/// A Python `int` (booleans included) or `float`, as a number.
+fn python_number(value: &Json) -> Option<f64> {
+    match value {
+        Json::Num(n) => n.parse().ok(),
+        Json::Bool(b) => Some(f64::from(u8::from(*b))),
+        _ => None,
+    }
+}
+
+/// The first truthy of `fields` (Python's `a or b`).
+fn first_truthy<'a>(row: &'a Json, fields: &[&str]) -> Option<&'a Json> {
+    fields.iter().filter_map(|f| row.get(f)).find(|v| v.is_truthy())
+}
+
+/// The strings of a list, or the one string, of the first truthy of `fields`.
+fn string_list(row: &Json, fields: &[&str]) -> Vec<String> {
+    match first_truthy(row, fields) {
+        Some(Json::Arr(items)) => items.iter().filter_map(Json::as_str).map(str::to_string).collect(),
+        Some(Json::Str(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+fn strings(items: &[String]) -> Json {
+    Json::Arr(items.iter().cloned().map(Json::Str).collect())
+}
+
+/// Techniques in first-triggered order, each with what triggered it.
+struct Triggered<S> {
+    order: Vec<String>,
+    by_technique: BTreeMap<String, (f64, Vec<S>)>,
+}
+
+impl<S> Triggered<S> {
+    fn new() -> Self {
+        Triggered { order: Vec::new(), by_technique: BTreeMap::new() }
+    }
+
+    /// Records `signal` for `technique`; the highest multiplier of a technique wins.
+    fn add(&mut self, technique: &str, multiplier: f64, signal: S) {
+        match self.by_technique.get_mut(technique) {
+            Some((m, signals)) => {
+                signals.push(signal);
+                *m = m.max(multiplier);
+            }
+            None => {
+                self.order.push(technique.to_string());
+                self.by_technique.insert(technique.to_string(), (multiplier, vec![signal]));
+            }
+        }
+    }
+
+    fn into_decisions(mut self, extra: impl Fn(Vec<S>) -> Extra) -> Vec<Decision> {
+        self.order
+            .into_iter()
+            .filter_map(|technique| {
+                let (multiplier, signals) = self.by_technique.remove(&technique)?;
+                Some(Decision { technique_id: technique, multiplier, extra: extra(signals) })
+            })
+            .collect()
+    }
+}
+
+/// AbuseIPDB: the report categories (`cat_<n>` signals, gated by score), scaled by the
+/// abuse confidence score.
+fn abuseipdb(mapping: &ProviderMapping, row: &Json) -> Vec<Decision> {
+    let Some(score) = row.get("abuseipdb_score").and_then(python_number) else { return Vec::new() };
+    let Some(Json::Arr(raw)) = first_truthy(row, &["abuseipdb_categories", "categories"]) else { return Vec::new() };
+    let mut triggered = Triggered::new();
+    for category in raw {
+        let number = match category {
+            Json::Num(n) if !n.contains(['.', 'e', 'E']) => n,
+            _ => continue,
+        };
+        for (technique, multiplier) in mapping.techniques(&format!("cat_{number}"), Some(score)) {
+            triggered.add(technique, score / 100.0 * multiplier, category.clone());
+        }
+    }
+    let score_int = Json::Num(format!("{}", score.trunc() as i64));
+    triggered.into_decisions(|categories| {
+        vec![
+            ("abuseipdb_categories".to_string(), Json::Arr(categories)),
+            ("abuse_confidence_score".to_string(), score_int.clone()),
+        ]
+    })
+}
+
+/// GreyNoise: a `scanner` classification, the recognised tags, and a bare `malicious`
+/// classification (at half confidence) when no tag already gave T1071.
+fn greynoise(mapping: &ProviderMapping, row: &Json) -> Vec<Decision> {
+    let classification = row.get("greynoise_classification").cloned().unwrap_or(Json::Null);
+    let mut triggered = Triggered::new();
+    if classification.as_str() == Some("scanner") {
+        triggered.add("T1595", 1.0, "scanner".to_string());
+    }
+    if let Some(Json::Arr(tags)) = first_truthy(row, &["greynoise_tags"]) {
+        for tag in tags.iter().filter_map(Json::as_str) {
+            for (technique, multiplier) in mapping.techniques(tag, None) {
+                triggered.add(technique, multiplier, tag.to_string());
+            }
+        }
+    }
+    if classification.as_str() == Some("malicious") && !triggered.by_technique.contains_key("T1071") {
+        triggered.add("T1071", GREYNOISE_BARE_MALICIOUS, "malicious".to_string());
+    }
+    triggered.into_decisions(|signals| {
+        vec![
+            ("greynoise_classification".to_string(), classification.clone()),
+            ("greynoise_tags".to_string(), strings(&signals)),
+        ]
+    })
+}
+
+/// Feodo Tracker: a listed IP, with its malware family.
+fn feodo(mapping: &ProviderMapping, row: &Json) -> Vec<Decision> {
+    if row.get("feodo_listed") != Some(&Json::Bool(true)) {
+        return Vec::new();
+    }
+    let mut extra = vec![("feodo_listed".to_string(), Json::Bool(true))];
+    if let Some(Json::Str(family)) = first_truthy(row, &["feodo_malware_family", "malware_family"]) {
+        extra.push(("malware_family".to_string(), Json::Str(family.clone())));
+    }
+    mapping
+        .techniques("feodo_listed", None)
+        .map(|(technique, multiplier)| Decision {
+            technique_id: technique.to_string(),
+            multiplier,
+            extra: extra.clone(),
+        })
+        .collect()
+}
+
+/// ThreatFox: the threat types of the IOCs listing the IP (not their IOC types, which
+/// name indicator formats), with the families and IOC types as context.
+fn threatfox(mapping: &ProviderMapping, row: &Json) -> Vec<Decision> {
+    let mut triggered = Triggered::new();
+    for threat_type in string_list(row, &["threatfox_threat_types", "threat_type"]) {
+        for (technique, multiplier) in mapping.techniques(&threat_type, None) {
+            triggered.add(technique, multiplier, threat_type.clone());
+        }
+    }
+    let families = string_list(row, &["threatfox_malware_families", "malware_family"]);
+    let ioc_types = match row.get("threatfox_ioc_types") {
+        Some(Json::Arr(items)) => items.iter().filter_map(Json::as_str).map(str::to_string).collect(),
+        _ => Vec::new(),
+    };
+    triggered.into_decisions(|threat_types| {
+        let mut extra = vec![("threat_types".to_string(), strings(&threat_types))];
+        if !families.is_empty() {
+            extra.push(("malware_families".to_string(), strings(&families)));
+        }
+        if !ioc_types.is_empty() {
+            extra.push(("ioc_types".to_string(), strings(&ioc_types)));
+        }
+        extra
+    })
+}
+
+/// An attacker's intel row: where it was read, its event time, its fields.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct IntelRow {
+    pub pos: Pos,
+    pub event_time: Option<i64>,
+    pub payload: Arc<Json>,
+}
+
+/// R0058's state for one attacker: while its latest row's aggregate verdict is
+/// `malicious`, the rollups raise its intel-derived techniques' confidence_max by `amount`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Bump {
+    pub rule_id: String,
+    /// The bump in millionths (collections need `Ord`).
+    pub amount_micros: i64,
+}
+
+/// The stage's outputs.
+pub struct Intel<'s> {
+    pub tags: Coll<'s, Tag>,
+    /// (attacker uuid, bump) for every attacker whose latest row is malicious.
+    pub bumps: Coll<'s, (String, Bump)>,
+}
+
+impl<'s> Intel<'s> {
+    /// The outputs, moved out of the stage's region into `outer`.
+    pub fn leave<'o>(self, outer: Scope<'o>) -> Intel<'o> {
+        Intel { tags: self.tags.leave_region(outer), bumps: self.bumps.leave_region(outer) }
+    }
+}
+
+/// The stage.
+pub fn stage<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>, pack: Arc<RulePack>) -> Intel<'s> {
+    let latest = latest_rows(events, tables);
+    let bump_pack = Arc::clone(&pack);
+    let bumps =
+        latest.clone().flat_map(move |(attacker, row)| bump_pack.intel_bump(&row.payload).map(|bump| (attacker, bump)));
+    let tags = latest.flat_map(move |(attacker, row)| {
+        let mut tags = Vec::new();
+        pack.intel_tags(&attacker, &row, &mut tags);
+        tags
+    });
+    Intel { tags, bumps }
+}
+
+/// Attacker uuid → its latest intel row.
+fn latest_rows<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>) -> Coll<'s, (String, IntelRow)> {
+    type Upsert = (String, Option<(Pos, Option<IntelRow>)>, Time);
+    // As for the attackers table: leading with the position makes the greatest value of
+    // an epoch its latest record, and a tombstone stays a value.
+    let from_tables = tables.inner.flat_map(|(update, time, diff): (TableUpdate, Time, Diff)| -> Option<Upsert> {
+        let TableUpdate { pos, table, key, row } = update;
+        if table != Table::Intel || diff <= 0 {
+            return None;
+        }
+        let row = match row {
+            Some(TableRow::Other(payload)) => Some(IntelRow { pos, event_time: None, payload: Arc::new(payload) }),
+            _ => None,
+        };
+        Some((key, Some((pos, row)), time))
+    });
+    let from_events = events.inner.flat_map(|(event, time, diff): (Event, Time, Diff)| -> Option<Upsert> {
+        if event.topic != ENRICHED_TOPIC || diff <= 0 {
+            return None;
+        }
+        let attacker = event.str_field("attacker_uuid")?.to_string();
+        let row = IntelRow { pos: event.pos, event_time: event.event_time, payload: event.payload };
+        Some((attacker, Some((row.pos, Some(row))), time))
+    });
+    let upserts = from_tables.concat(from_events);
+    arrange_from_upsert::<ValBuilder<_, _, _, _>, ValSpine<String, (Pos, Option<IntelRow>), Time, Diff>, _, _>(
+        upserts,
+        "intel rows",
+    )
+    .as_collection(|attacker, (_, row)| row.clone().map(|row| (attacker.clone(), row)))
+    .flat_map(|x| x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables() -> IntelTables {
+        let emission = |t: &str, gate: Option<f64>| Emission {
+            technique_id: t.into(),
+            high_score_threshold: gate,
+            multiplier: 1.0,
+        };
+        let mapping = |signals: Vec<(&str, Vec<Emission>)>| ProviderMapping {
+            mapping_version: "1".into(),
+            signals: signals.into_iter().map(|(s, e)| (s.to_string(), e)).collect(),
+        };
+        let mut providers = BTreeMap::new();
+        providers.insert(
+            Provider::AbuseIpdb,
+            mapping(vec![
+                ("cat_11", vec![emission("T1496", None), emission("T1566", Some(80.0))]),
+                ("cat_18", vec![emission("T1110", None)]),
+                ("cat_22", vec![emission("T1110", None)]),
+            ]),
+        );
+        providers.insert(
+            Provider::GreyNoise,
+            mapping(vec![
+                ("cobalt_strike", vec![emission("T1071", None), emission("T1588", None)]),
+                ("tor_exit_node", vec![emission("T1090", None)]),
+            ]),
+        );
+        providers.insert(Provider::Feodo, mapping(vec![("feodo_listed", vec![emission("T1071", None)])]));
+        providers.insert(
+            Provider::ThreatFox,
+            mapping(vec![("payload_delivery", vec![emission("T1105", None), emission("T1588", None)])]),
+        );
+        IntelTables { providers }
+    }
+
+    fn decisions(provider: Provider, row: &str) -> Vec<(String, f64, String)> {
+        decide(provider, &tables(), &Json::parse(row).unwrap())
+            .into_iter()
+            .map(|d| (d.technique_id, d.multiplier, Json::Obj(d.extra).to_json_string()))
+            .collect()
+    }
+
+    fn pack() -> RulePack {
+        use crate::predicates::Predicate;
+        use crate::rules::{Emit, Matcher, Rule, RuleState};
+        let rule = |id: &str, predicate: Predicate, emits: Vec<(&str, &str, f64)>| Rule {
+            rule_id: id.into(),
+            rule_version: 1,
+            name: id.into(),
+            description: String::new(),
+            applies_to: vec!["intel".into()],
+            matcher: Matcher::Structured { kind: String::new(), params: Json::Obj(vec![]), predicate },
+            emits: emits
+                .into_iter()
+                .map(|(tactic, technique, confidence)| Emit {
+                    tactic: tactic.into(),
+                    technique_id: technique.into(),
+                    sub_technique_id: None,
+                    confidence,
+                })
+                .collect(),
+            evidence_fields: vec!["abuseipdb_score".into()],
+            state: RuleState::default(),
+        };
+        let rules = vec![
+            rule(
+                "X0054",
+                Predicate::Intel(Provider::AbuseIpdb),
+                vec![("TA0006", "T1110", 0.7), ("TA0040", "T1496", 0.6)],
+            ),
+            rule("X0058", Predicate::IntelBump { bump_amount: 0.05 }, vec![("TA0042", "T1588", 0.0)]),
+        ];
+        RulePack::new(rules, "v15.1").with_intel_tables(Arc::new(tables()))
+    }
+
+    /// Epoch 0: a table row for attacker `a`. Epoch 1: an enriched event for `a` with
+    /// another verdict, and one for `b` (no table row yet). Epoch 2: `a`'s row is deleted;
+    /// `b`'s table row arrives with the same content as its event.
+    #[test]
+    fn tags_follow_each_attackers_latest_row_whichever_arrives_first() {
+        use differential_dataflow::input::Input;
+        use std::sync::Mutex;
+        type Captured<D> = Arc<Mutex<Vec<(D, Time, Diff)>>>;
+        let tags: Captured<(String, String, String, String)> = Arc::default();
+        let bumps: Captured<(String, Bump)> = Arc::default();
+        let (t, b) = (Arc::clone(&tags), Arc::clone(&bumps));
+        let row = |offset: u64, key: &str, value: &str| TableUpdate {
+            pos: Pos { input: 0, offset },
+            table: Table::Intel,
+            key: key.into(),
+            row: (value != "null").then(|| TableRow::Other(Json::parse(value).unwrap())),
+        };
+        let event = |offset: u64, payload: &str| Event {
+            pos: Pos { input: 1, offset },
+            topic: ENRICHED_TOPIC.into(),
+            event_type: "intel.enriched".into(),
+            source_kind: Some("intel".into()),
+            event_time: Some(5),
+            payload: Arc::new(Json::parse(payload).unwrap()),
+        };
+        timely::execute_directly(move |worker| {
+            let (mut events, mut rows) = worker.dataflow::<Time, _, _>(|scope| {
+                let (events_in, events) = scope.new_collection::<Event, Diff>();
+                let (rows_in, rows) = scope.new_collection::<TableUpdate, Diff>();
+                let out = stage(events, rows, Arc::new(pack()));
+                out.tags.inspect(move |(tag, time, diff)| {
+                    let confidence = format!("{:?}", tag.confidence.0);
+                    let row =
+                        (tag.source_id.clone(), tag.technique_id.clone(), confidence, tag.evidence.to_json_string());
+                    t.lock().unwrap().push((row, *time, *diff))
+                });
+                out.bumps.inspect(move |x| b.lock().unwrap().push(x.clone()));
+                (events_in, rows_in)
+            });
+            rows.insert(row(
+                0,
+                "a",
+                r#"{"abuseipdb_score":90,"abuseipdb_categories":[18],"aggregate_verdict":"malicious"}"#,
+            ));
+            rows.advance_to(1);
+            events.advance_to(1);
+            events.insert(event(0, r#"{"attacker_uuid":"a","abuseipdb_score":50,"abuseipdb_categories":[11]}"#));
+            events.insert(event(1, r#"{"attacker_uuid":"b","abuseipdb_score":100,"abuseipdb_categories":[18]}"#));
+            rows.advance_to(2);
+            events.advance_to(2);
+            rows.insert(row(1, "a", "null"));
+            rows.insert(row(2, "b", r#"{"abuseipdb_score":100,"abuseipdb_categories":[18]}"#));
+        });
+        let mut tags = tags.lock().unwrap().clone();
+        differential_dataflow::consolidation::consolidate_updates(&mut tags);
+        let tag = |source: &str, technique: &str, confidence: &str, evidence: &str| {
+            (source.to_string(), technique.to_string(), confidence.to_string(), evidence.to_string())
+        };
+        let a0 = tag(
+            "a",
+            "T1110",
+            "0.63",
+            r#"{"abuseipdb_score":90,"abuseipdb_categories":[18],"abuse_confidence_score":90}"#,
+        );
+        let a1 = tag(
+            "a",
+            "T1496",
+            "0.3",
+            r#"{"abuseipdb_score":50,"abuseipdb_categories":[11],"abuse_confidence_score":50}"#,
+        );
+        let b1 = tag(
+            "b",
+            "T1110",
+            "0.7",
+            r#"{"abuseipdb_score":100,"abuseipdb_categories":[18],"abuse_confidence_score":100}"#,
+        );
+        let mut want = vec![(a0.clone(), 0, 1), (a0, 1, -1), (a1.clone(), 1, 1), (a1, 2, -1), (b1, 1, 1)];
+        want.sort();
+        // `b`'s table row repeats its event's content: its tag neither retracts nor repeats.
+        assert_eq!(tags, want);
+        let mut bumps = bumps.lock().unwrap().clone();
+        differential_dataflow::consolidation::consolidate_updates(&mut bumps);
+        let bump = ("a".to_string(), Bump { rule_id: "X0058".into(), amount_micros: 50_000 });
+        assert_eq!(bumps, vec![(bump.clone(), 0, 1), (bump, 1, -1)], "the bump lasts while the verdict is malicious");
+    }
+
+    #[test]
+    fn abuseipdb_maps_categories_gated_by_score() {
+        assert_eq!(
+            decisions(Provider::AbuseIpdb, r#"{"abuseipdb_score":95,"abuseipdb_categories":[18,22,11]}"#),
+            [
+                ("T1110".into(), 0.95, r#"{"abuseipdb_categories":[18,22],"abuse_confidence_score":95}"#.into()),
+                ("T1496".into(), 0.95, r#"{"abuseipdb_categories":[11],"abuse_confidence_score":95}"#.into()),
+                ("T1566".into(), 0.95, r#"{"abuseipdb_categories":[11],"abuse_confidence_score":95}"#.into()),
+            ]
+        );
+        let low = decisions(Provider::AbuseIpdb, r#"{"abuseipdb_score":79.5,"abuseipdb_categories":[11]}"#);
+        assert_eq!(low.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(), ["T1496"], "T1566 is gated at 80");
+        assert!(low[0].2.contains(r#""abuse_confidence_score":79"#));
+        assert!(decisions(Provider::AbuseIpdb, r#"{"abuseipdb_score":null,"abuseipdb_categories":[18]}"#).is_empty());
+        assert!(decisions(Provider::AbuseIpdb, r#"{"abuseipdb_score":90,"abuseipdb_categories":[]}"#).is_empty());
+        assert!(
+            decisions(Provider::AbuseIpdb, r#"{"abuseipdb_score":90,"abuseipdb_categories":[18.0,"18"]}"#).is_empty()
+        );
+        assert_eq!(decisions(Provider::AbuseIpdb, r#"{"abuseipdb_score":90,"categories":[18]}"#).len(), 1);
+    }
+
+    #[test]
+    fn greynoise_scanner_tags_and_bare_malicious() {
+        assert_eq!(
+            decisions(Provider::GreyNoise, r#"{"greynoise_classification":"scanner"}"#),
+            [("T1595".into(), 1.0, r#"{"greynoise_classification":"scanner","greynoise_tags":["scanner"]}"#.into())]
+        );
+        let c2 = decisions(
+            Provider::GreyNoise,
+            r#"{"greynoise_classification":"malicious","greynoise_tags":["cobalt_strike","mirai"]}"#,
+        );
+        assert_eq!(c2.iter().map(|d| (d.0.as_str(), d.1)).collect::<Vec<_>>(), [("T1071", 1.0), ("T1588", 1.0)]);
+        assert_eq!(
+            decisions(Provider::GreyNoise, r#"{"greynoise_classification":"malicious","greynoise_tags":[]}"#),
+            [(
+                "T1071".into(),
+                0.5,
+                r#"{"greynoise_classification":"malicious","greynoise_tags":["malicious"]}"#.into()
+            )]
+        );
+        assert!(
+            decisions(Provider::GreyNoise, r#"{"greynoise_classification":"benign","greynoise_tags":[]}"#).is_empty()
+        );
+    }
+
+    #[test]
+    fn feodo_and_threatfox() {
+        assert_eq!(
+            decisions(
+                Provider::Feodo,
+                r#"{"feodo_listed":true,"feodo_malware_family":null,"malware_family":"Emotet"}"#
+            ),
+            [("T1071".into(), 1.0, r#"{"feodo_listed":true,"malware_family":"Emotet"}"#.into())]
+        );
+        assert!(decisions(Provider::Feodo, r#"{"feodo_listed":1}"#).is_empty());
+        assert_eq!(
+            decisions(
+                Provider::ThreatFox,
+                r#"{"threatfox_threat_types":["payload_delivery","unknown"],"threatfox_malware_families":[],"threatfox_ioc_types":["url"]}"#
+            )[0],
+            ("T1105".into(), 1.0, r#"{"threat_types":["payload_delivery"],"ioc_types":["url"]}"#.into())
+        );
+        assert_eq!(decisions(Provider::ThreatFox, r#"{"threat_type":"payload_delivery"}"#).len(), 2);
+        assert!(
+            decisions(Provider::ThreatFox, r#"{"ioc_type":"payload_delivery"}"#).is_empty(),
+            "ioc types name formats"
+        );
+    }
+}
