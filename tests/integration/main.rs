@@ -4,3 +4,4 @@ mod common;
 mod pipeline;
 mod regression;
 mod rules_pack;
+mod schemas;
