@@ -8,6 +8,10 @@
 //!
 //! The behavioural family (R0031–R0040) reads the pre-shaped session aggregates that
 //! DECNET's producers put in payloads, and `http_request` paths for R0036/R0037.
+//!
+//! The canary family (R0049–R0053) reads the browser fingerprint a canary trigger carries
+//! (flags and counts the canary page computed). Its tags say which signal fired and nothing
+//! else (`metric`, `matched_signature`): the rest of a fingerprint is the visitor's browser.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -116,9 +120,29 @@ pub enum Predicate {
     EmailEncodedPayload {
         min_bytes: f64,
     },
+    /// R0049: `navigator.webdriver` is set: the browser is driven by an automation
+    /// framework (Selenium, Puppeteer, Playwright).
+    CanaryWebdriver,
+    /// R0050: the canvas / audio fingerprint hash is one of a known automation tool (the
+    /// producer's `canvas_audio_hash_match`, else `matched_tool`), one of `catalogues`
+    /// when any are named.
+    CanaryAutomationHash {
+        catalogues: Vec<String>,
+    },
+    /// R0051: the WebRTC-discovered address does not geolocate where the source IP does.
+    CanaryWebrtcLeak,
+    /// R0052: the browser's timezone is `TZ_MIN_ZONES` or more zones off the source IP's,
+    /// else its language does not fit the source country.
+    CanaryTzLangMismatch,
+    /// R0053: `navigator.platform` contradicts the User-Agent, else the User-Agent
+    /// contradicts the WebGL renderer.
+    CanaryPlatformInconsistency,
     /// A lifter kind this build loads and keeps but does not evaluate.
     NotEvaluated,
 }
+
+/// How many timezones off the source IP's a browser must be for R0052 (DECNET's bound).
+const TZ_MIN_ZONES: f64 = 3.0;
 
 /// The sender-masquerade signals R0045 knows.
 const MASQUERADE_SIGNALS: &[&str] = &["from_returnpath_mismatch", "from_mailfrom_mismatch", "dkim_fail", "spf_fail"];
@@ -221,6 +245,16 @@ fn extra(key: &str, value: Json) -> Extra {
     vec![(key.to_string(), value)]
 }
 
+/// The whole evidence of a canary tag: which signal, and what about it matched.
+fn canary_evidence(metric: &str, signature: String) -> Extra {
+    vec![("metric".to_string(), Json::Str(metric.to_string())), ("matched_signature".to_string(), Json::Str(signature))]
+}
+
+/// Whether a payload flag is JSON `true` (not merely truthy).
+fn flag(payload: &Json, field: &str) -> bool {
+    payload.get(field) == Some(&Json::Bool(true))
+}
+
 /// Compiles the predicate of a `lifter:*` kind from its parameters.
 pub fn compile(kind: &str, params: &Json) -> Result<Predicate, String> {
     let p = Params(params);
@@ -318,6 +352,11 @@ pub fn compile(kind: &str, params: &Json) -> Result<Predicate, String> {
             Predicate::ValidAccountUse { require_prior_brute: p.bool("require_prior_brute")? }
         }
         "lifter:credential_default_credentials" => Predicate::DefaultCredentials { pairs: p.pairs("pairs")? },
+        "lifter:canary_webdriver" => Predicate::CanaryWebdriver,
+        "lifter:canary_automation_hash" => Predicate::CanaryAutomationHash { catalogues: p.strings("catalogues")? },
+        "lifter:canary_webrtc_leak" => Predicate::CanaryWebrtcLeak,
+        "lifter:canary_tz_lang_mismatch" => Predicate::CanaryTzLangMismatch,
+        "lifter:canary_platform_inconsistency" => Predicate::CanaryPlatformInconsistency,
         _ => Predicate::NotEvaluated,
     })
 }
@@ -412,7 +451,8 @@ impl Predicate {
     }
 
     /// Whether the extra evidence is the whole evidence: email tags carry a fixed shape
-    /// (hashes, domains, counts) instead of payload fields, which may hold addresses.
+    /// (hashes, domains, counts) instead of payload fields, which may hold addresses, and
+    /// canary tags name the signal instead of copying the visitor's fingerprint.
     pub fn owns_evidence(&self) -> bool {
         matches!(
             self,
@@ -424,6 +464,11 @@ impl Predicate {
                 | Predicate::EmailBec { .. }
                 | Predicate::EmailMaliciousAttachment { .. }
                 | Predicate::EmailEncodedPayload { .. }
+                | Predicate::CanaryWebdriver
+                | Predicate::CanaryAutomationHash { .. }
+                | Predicate::CanaryWebrtcLeak
+                | Predicate::CanaryTzLangMismatch
+                | Predicate::CanaryPlatformInconsistency
         )
     }
 
@@ -669,6 +714,35 @@ impl Predicate {
                 }
                 let count = Json::Num(format!("{}", bytes as i64));
                 Some(email::evidence(payload, &[], vec![("encoded_byte_count".to_string(), count)]))
+            }
+            Predicate::CanaryWebdriver => flag(payload, "navigator_webdriver")
+                .then(|| canary_evidence("navigator_webdriver", "navigator.webdriver_true".to_string())),
+            Predicate::CanaryAutomationHash { catalogues } => {
+                let tool = first_truthy_str(payload, &["canvas_audio_hash_match", "matched_tool"])?;
+                let known = catalogues.is_empty() || catalogues.iter().any(|c| c == tool);
+                known.then(|| canary_evidence("canvas_audio_hash", tool.to_string()))
+            }
+            Predicate::CanaryWebrtcLeak => flag(payload, "webrtc_geo_mismatch")
+                .then(|| canary_evidence("webrtc_geo_mismatch", "webrtc_private_vs_source_ip".to_string())),
+            Predicate::CanaryTzLangMismatch => {
+                // Only a Python int counts (booleans are ints there, but never reach the bound).
+                if let Some(zones @ Json::Num(n)) = payload.get("tz_mismatch_zones") {
+                    if integer(zones).is_some_and(|z| z >= TZ_MIN_ZONES) {
+                        return Some(canary_evidence("timezone_geo_mismatch", format!("tz_zones>={n}")));
+                    }
+                }
+                flag(payload, "lang_country_mismatch")
+                    .then(|| canary_evidence("language_country_mismatch", "lang_vs_source_country".to_string()))
+            }
+            Predicate::CanaryPlatformInconsistency => {
+                if flag(payload, "platform_ua_inconsistent") {
+                    return Some(canary_evidence(
+                        "platform_ua_mismatch",
+                        "navigator.platform_vs_userAgent".to_string(),
+                    ));
+                }
+                flag(payload, "ua_webgl_mismatch")
+                    .then(|| canary_evidence("ua_webgl_mismatch", "userAgent_vs_webgl_renderer".to_string()))
             }
             Predicate::NotEvaluated => None,
         }
@@ -973,6 +1047,104 @@ mod tests {
         assert!(compile(k, &Json::parse(r#"{"encoding":"hex"}"#).unwrap()).is_err());
         assert_eq!(longest_base64_run("ab ".repeat(40).as_str()), 0);
         assert_eq!(longest_base64_run(&format!("{}=== x", "A".repeat(32))), 34);
+    }
+
+    #[test]
+    fn canary_webdriver_fires_on_a_true_flag_only() {
+        let k = "lifter:canary_webdriver";
+        let params = r#"{"signal":"navigator.webdriver_true"}"#;
+        assert_eq!(
+            fires(k, params, r#"{"navigator_webdriver":true,"ua_signature":"HeadlessChrome/119"}"#).as_deref(),
+            Some(r#"{"metric":"navigator_webdriver","matched_signature":"navigator.webdriver_true"}"#)
+        );
+        assert_eq!(fires(k, params, r#"{"navigator_webdriver":false}"#), None);
+        assert_eq!(fires(k, params, r#"{"navigator_webdriver":"true"}"#), None, "a string is not the flag");
+        assert_eq!(fires(k, params, r#"{"navigator_webdriver":1}"#), None);
+        assert_eq!(fires(k, params, r#"{"ua_signature":"HeadlessChrome/119"}"#), None);
+        assert!(compile(k, &Json::parse(params).unwrap()).unwrap().owns_evidence());
+    }
+
+    #[test]
+    fn canary_automation_hash_takes_the_first_truthy_tool() {
+        let k = "lifter:canary_automation_hash";
+        let params = r#"{"catalogues":["puppeteer","playwright","selenium","curl_impersonate"]}"#;
+        assert_eq!(
+            fires(k, params, r#"{"canvas_audio_hash_match":"puppeteer","canvas_hash":"c1"}"#).as_deref(),
+            Some(r#"{"metric":"canvas_audio_hash","matched_signature":"puppeteer"}"#)
+        );
+        assert_eq!(
+            fires(k, params, r#"{"canvas_audio_hash_match":"","matched_tool":"selenium"}"#).as_deref(),
+            Some(r#"{"metric":"canvas_audio_hash","matched_signature":"selenium"}"#),
+            "an empty match falls through to matched_tool"
+        );
+        assert_eq!(
+            fires(k, params, r#"{"canvas_audio_hash_match":"firefox","matched_tool":"selenium"}"#),
+            None,
+            "a truthy first value decides, and firefox is not in the catalogues"
+        );
+        assert_eq!(fires(k, params, r#"{"canvas_audio_hash_match":7,"matched_tool":"selenium"}"#), None);
+        assert_eq!(fires(k, params, r#"{"canvas_audio_hash_match":null,"matched_tool":""}"#), None);
+        assert_eq!(fires(k, params, r#"{"canvas_hash":"c1"}"#), None);
+        assert_eq!(
+            fires(k, "{}", r#"{"matched_tool":"firefox"}"#).as_deref(),
+            Some(r#"{"metric":"canvas_audio_hash","matched_signature":"firefox"}"#),
+            "no catalogues: any tool"
+        );
+        assert!(compile(k, &Json::parse(r#"{"catalogues":"puppeteer"}"#).unwrap()).is_err());
+    }
+
+    #[test]
+    fn canary_webrtc_leak_needs_the_geo_mismatch() {
+        let k = "lifter:canary_webrtc_leak";
+        let params = r#"{"require_geo_mismatch":true}"#;
+        assert_eq!(
+            fires(k, params, r#"{"webrtc_geo_mismatch":true,"webrtc_local_ip":"192.168.1.5"}"#).as_deref(),
+            Some(r#"{"metric":"webrtc_geo_mismatch","matched_signature":"webrtc_private_vs_source_ip"}"#)
+        );
+        assert_eq!(fires(k, params, r#"{"webrtc_geo_mismatch":false,"webrtc_local_ip":"192.168.1.5"}"#), None);
+        assert_eq!(fires(k, params, r#"{"webrtc_local_ip":"192.168.1.5"}"#), None);
+        assert_eq!(fires(k, params, r#"{"webrtc_geo_mismatch":"yes"}"#), None);
+    }
+
+    #[test]
+    fn canary_tz_mismatch_before_language_mismatch() {
+        let k = "lifter:canary_tz_lang_mismatch";
+        assert_eq!(
+            fires(k, "{}", r#"{"tz_mismatch_zones":7,"lang_country_mismatch":true}"#).as_deref(),
+            Some(r#"{"metric":"timezone_geo_mismatch","matched_signature":"tz_zones>=7"}"#)
+        );
+        assert_eq!(
+            fires(k, "{}", r#"{"tz_mismatch_zones":3}"#).as_deref(),
+            Some(r#"{"metric":"timezone_geo_mismatch","matched_signature":"tz_zones>=3"}"#),
+            "the bound is inclusive"
+        );
+        assert_eq!(
+            fires(k, "{}", r#"{"tz_mismatch_zones":2,"lang_country_mismatch":true}"#).as_deref(),
+            Some(r#"{"metric":"language_country_mismatch","matched_signature":"lang_vs_source_country"}"#)
+        );
+        assert_eq!(
+            fires(k, "{}", r#"{"tz_mismatch_zones":5.0,"lang_country_mismatch":true}"#).as_deref(),
+            Some(r#"{"metric":"language_country_mismatch","matched_signature":"lang_vs_source_country"}"#),
+            "a float is not a Python int"
+        );
+        assert_eq!(fires(k, "{}", r#"{"tz_mismatch_zones":"9"}"#), None);
+        assert_eq!(fires(k, "{}", r#"{"tz_mismatch_zones":true,"lang_country_mismatch":false}"#), None);
+        assert_eq!(fires(k, "{}", r#"{"tz_mismatch_zones":2}"#), None);
+    }
+
+    #[test]
+    fn canary_platform_before_webgl_inconsistency() {
+        let k = "lifter:canary_platform_inconsistency";
+        assert_eq!(
+            fires(k, "{}", r#"{"platform_ua_inconsistent":true,"ua_webgl_mismatch":true}"#).as_deref(),
+            Some(r#"{"metric":"platform_ua_mismatch","matched_signature":"navigator.platform_vs_userAgent"}"#)
+        );
+        assert_eq!(
+            fires(k, "{}", r#"{"platform_ua_inconsistent":false,"ua_webgl_mismatch":true}"#).as_deref(),
+            Some(r#"{"metric":"ua_webgl_mismatch","matched_signature":"userAgent_vs_webgl_renderer"}"#)
+        );
+        assert_eq!(fires(k, "{}", r#"{"platform_ua_inconsistent":false,"ua_webgl_mismatch":false}"#), None);
+        assert_eq!(fires(k, "{}", r#"{"platform_ua_inconsistent":1,"navigator_platform":"Win32"}"#), None);
     }
 
     #[test]

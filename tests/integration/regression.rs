@@ -149,3 +149,62 @@ fn decnet_pack_loads_every_rule() {
         );
     }
 }
+
+/// What a canary tag says, apart from where it sits (DECNET keys it by token, ttpflow by trigger).
+fn canary_key(tag: &Value) -> String {
+    let fields = ["rule_id", "technique_id", "sub_technique_id", "attacker_uuid", "confidence", "evidence"];
+    fields.iter().map(|f| tag[*f].to_string()).collect::<Vec<_>>().join("|")
+}
+
+/// Every canary tag DECNET stores for a token is a ttpflow tag on one of that token's triggers.
+fn check_canary_tags_by_token(corpus: &str) {
+    let Some(conf) = conformance(&format!("the {corpus} corpus canary check")) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let plain = conf.join(format!("corpus/{corpus}_events.jsonl"));
+    let events = if plain.exists() {
+        plain
+    } else {
+        gunzip_to(&conf.join(format!("corpus/{corpus}_events.jsonl.gz")), &dir.path().join("events.jsonl"))
+    };
+    // The token of every trigger, and of itself (a trigger without a trigger_id is keyed by token).
+    let mut token_of: BTreeMap<String, String> = BTreeMap::new();
+    for record in read_jsonl(&events).1 {
+        let (topic, payload) = (record["topic"].as_str().unwrap_or_default(), &record["payload"]);
+        let Some(token) = payload["token_id"].as_str().filter(|_| topic.starts_with("canary.")) else { continue };
+        if let Some(trigger) = payload["trigger_id"].as_str() {
+            token_of.insert(trigger.to_string(), token.to_string());
+        }
+        token_of.insert(token.to_string(), token.to_string());
+    }
+    let out = run(&conf.join("decnet/rules"), &[conf.join(format!("corpus/{corpus}_tables.jsonl")), events], 1, 4096);
+    let is_canary = |t: &&Value| t["source_kind"] == "canary_fingerprint";
+    let mut ours: BTreeMap<&str, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for tag in out.tags.iter().filter(is_canary) {
+        let token = token_of.get(tag["source_id"].as_str().unwrap()).expect("a canary tag sits on a known trigger");
+        ours.entry(token.as_str()).or_default().insert(canary_key(tag));
+    }
+    let gold = golden(&conf, corpus, dir.path());
+    let wanted: Vec<&Value> = gold.iter().filter(is_canary).collect();
+    assert!(!wanted.is_empty());
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|g| !ours.get(g["source_id"].as_str().unwrap()).is_some_and(|keys| keys.contains(&canary_key(g))))
+        .map(|g| g.to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{corpus}: {} of {} DECNET canary tags not found: {missing:#?}",
+        missing.len(),
+        wanted.len()
+    );
+}
+
+#[test]
+fn precision_corpus_canary_tags_match_decnet_by_token() {
+    check_canary_tags_by_token("precision");
+}
+
+#[test]
+fn dev_corpus_canary_tags_match_decnet_by_token() {
+    check_canary_tags_by_token("dev");
+}
