@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
-use crate::rules::{self, LoadOptions, LoadedPack};
+use crate::rules::{self, LoadOptions, LoadedPack, Problem};
 use crate::runtime::{self, RunOptions};
 
 #[derive(Debug, Parser)]
@@ -105,17 +105,19 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct CheckReport {
     pub passed: usize,
-    pub failures: Vec<String>,
-    /// Examples of structured (`lifter:*`) rules, which this check does not evaluate.
+    /// The examples that did not behave, one problem each (file and rule named).
+    pub failures: Vec<Problem>,
+    /// Examples of rules whose `lifter:*` kind this build loads but does not evaluate.
     pub not_evaluated: usize,
 }
 
-/// Runs every rule's embedded examples.
+/// Runs every rule's embedded examples, regex and structured rules alike, each example
+/// as a payload of the rule's first `applies_to` kind.
 pub fn run_examples(loaded: &LoadedPack) -> CheckReport {
     let mut report = CheckReport::default();
     for (idx, rule) in loaded.pack.rules().iter().enumerate() {
         let examples = &loaded.examples[idx];
-        if !matches!(rule.matcher, ttpflow_dataflows::rules::Matcher::Regex { .. }) {
+        if !rule.is_evaluated() {
             report.not_evaluated += examples.must_match.len() + examples.must_not_match.len();
             continue;
         }
@@ -127,40 +129,40 @@ pub fn run_examples(loaded: &LoadedPack) -> CheckReport {
                 report.passed += 1;
             } else {
                 let verb = if want { "should match but does not" } else { "should not match but does" };
-                report.failures.push(format!(
-                    "{}: rule \"{}\": example {verb}: {}",
-                    loaded.files[idx],
-                    rule.rule_id,
-                    payload.to_json_string()
-                ));
+                report.failures.push(Problem {
+                    file: loaded.files[idx].clone(),
+                    rule: Some(rule.rule_id.clone()),
+                    field: None,
+                    message: format!("example {verb}: {}", payload.to_json_string()),
+                });
             }
         }
     }
     report
 }
 
+/// Prints every load problem and every failing example, file by file (in name order),
+/// then the counts; the examples of the valid rules run even when others do not load.
 fn check(dir: &Path) -> Result<ExitCode, BoxError> {
-    let loaded = match rules::load(dir, &LoadOptions::default()) {
-        Ok(loaded) => loaded,
-        Err(rules::LoadError::Invalid { problems, .. }) => {
-            for problem in &problems {
-                println!("error: {problem}");
-            }
-            println!("{} problem(s); the pack does not load", problems.len());
-            return Ok(ExitCode::from(1));
-        }
-        Err(other) => return Err(other.into()),
-    };
+    let (loaded, problems) = rules::load_valid(dir, &LoadOptions::default())?;
     let report = run_examples(&loaded);
-    for failure in &report.failures {
-        println!("fail: {failure}");
+    let mut lines: Vec<(&str, String)> = problems.iter().map(|p| (p.file.as_str(), format!("error: {p}"))).collect();
+    lines.extend(report.failures.iter().map(|f| (f.file.as_str(), format!("fail: {f}"))));
+    // Stable: within a file, load problems first, then examples in rule order.
+    lines.sort_by(|a, b| a.0.cmp(b.0));
+    for (_, line) in &lines {
+        println!("{line}");
     }
     println!(
-        "{} rules loaded; {} examples passed, {} failed, {} of structured rules not evaluated",
+        "{} {}; {} examples passed, {} failed, {} not evaluated (lifter kinds this build does not evaluate)",
         loaded.pack.rules().len(),
+        if problems.is_empty() { "rules loaded" } else { "valid rules" },
         report.passed,
         report.failures.len(),
         report.not_evaluated
     );
-    Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    if !problems.is_empty() {
+        println!("{} problem(s); the pack does not load", problems.len());
+    }
+    Ok(if problems.is_empty() && report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
