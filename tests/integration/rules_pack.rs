@@ -1,4 +1,4 @@
-//! Rule packs: the project's own pack and its examples, and `rules check` on a broken pack.
+//! Rule packs: the project's own pack, its examples and its coverage of DECNET's, and `rules check`.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -22,23 +22,47 @@ fn the_project_pack_loads_and_every_example_passes() {
     assert!(report.passed >= 6 * loaded.pack.rules().len());
 }
 
+/// DECNET rules whose techniques the project's pack need not cover yet: the intel
+/// provider rules and the malicious-verdict bump. Shrink it as the project's rules arrive.
+const NOT_YET_COVERED: &[&str] = &["R0054", "R0055", "R0056", "R0057", "R0058"];
+
+/// A technique and sub-technique, as rules emit them.
+type Technique = (String, Option<String>);
+
+/// The techniques each rule of a pack emits, with the rule's id and match kind (`pattern`
+/// for regex rules).
+fn techniques_by_rule(dir: &std::path::Path) -> Vec<(String, String, Technique)> {
+    let loaded = rules::load(dir, &LoadOptions::default()).unwrap();
+    let mut out = Vec::new();
+    for rule in loaded.pack.rules() {
+        let kind = match &rule.matcher {
+            Matcher::Regex { .. } => "pattern".to_string(),
+            Matcher::Structured { kind, .. } => kind.clone(),
+        };
+        for emit in &rule.emits {
+            out.push((rule.rule_id.clone(), kind.clone(), (emit.technique_id.clone(), emit.sub_technique_id.clone())));
+        }
+    }
+    out
+}
+
 #[test]
-fn the_project_pack_covers_every_technique_of_decnets_regex_rules() {
+fn the_project_pack_covers_every_technique_of_decnets_pack() {
     let Some(conf) = conformance("the technique coverage check") else { return };
-    let techniques = |dir: &std::path::Path, regex_only: bool| -> BTreeSet<(String, Option<String>)> {
-        let loaded = rules::load(dir, &LoadOptions::default()).unwrap();
-        loaded
-            .pack
-            .rules()
-            .iter()
-            .filter(|r| !regex_only || matches!(r.matcher, Matcher::Regex { .. }))
-            .flat_map(|r| r.emits.iter().map(|e| (e.technique_id.clone(), e.sub_technique_id.clone())))
-            .collect()
-    };
-    let decnet = techniques(&conf.join("decnet/rules"), true);
-    let ours = techniques(&root().join("rules"), false);
-    let uncovered: Vec<_> = decnet.difference(&ours).collect();
-    assert!(uncovered.is_empty(), "techniques of DECNET's regex rules without a rule here: {uncovered:?}");
+    let decnet: Vec<_> = techniques_by_rule(&conf.join("decnet/rules"))
+        .into_iter()
+        .filter(|(rule_id, _, _)| !NOT_YET_COVERED.contains(&rule_id.as_str()))
+        .collect();
+    assert!(decnet.len() > 50, "DECNET's pack emits {} techniques", decnet.len());
+    let ours = techniques_by_rule(&root().join("rules"));
+    let ours_any: BTreeSet<&Technique> = ours.iter().map(|(_, _, t)| t).collect();
+    let uncovered: Vec<_> = decnet.iter().filter(|(_, _, t)| !ours_any.contains(t)).collect();
+    assert!(uncovered.is_empty(), "techniques of DECNET's rules without a rule here: {uncovered:#?}");
+    // A structured technique is covered by a rule reading the same signal (the same kind).
+    let ours_by_kind: BTreeSet<(&str, &Technique)> = ours.iter().map(|(_, k, t)| (k.as_str(), t)).collect();
+    let other_signal: Vec<_> =
+        decnet.iter().filter(|(_, kind, t)| kind != "pattern" && !ours_by_kind.contains(&(kind.as_str(), t))).collect();
+    assert!(other_signal.is_empty(), "structured techniques not covered by a rule of the same kind: {other_signal:#?}");
 }
 
 fn rules_check(dir: &std::path::Path) -> (Option<i32>, String) {
