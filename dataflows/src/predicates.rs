@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use crate::email;
+use crate::intel::Provider;
 use crate::json::Json;
 use crate::pyregex::PyRegex;
 
@@ -137,6 +138,14 @@ pub enum Predicate {
     /// R0053: `navigator.platform` contradicts the User-Agent, else the User-Agent
     /// contradicts the WebGL renderer.
     CanaryPlatformInconsistency,
+    /// R0054–R0057: a provider's verdicts in an attacker's intel row, through the
+    /// provider's mapping table. Evaluated on intel rows by the intel stage.
+    Intel(Provider),
+    /// R0058: while an attacker's aggregate intel verdict is malicious, its intel-derived
+    /// techniques' confidence_max is raised by `bump_amount` in the rollups. Emits no tag.
+    IntelBump {
+        bump_amount: f64,
+    },
     /// A lifter kind this build loads and keeps but does not evaluate.
     NotEvaluated,
 }
@@ -357,7 +366,28 @@ pub fn compile(kind: &str, params: &Json) -> Result<Predicate, String> {
         "lifter:canary_webrtc_leak" => Predicate::CanaryWebrtcLeak,
         "lifter:canary_tz_lang_mismatch" => Predicate::CanaryTzLangMismatch,
         "lifter:canary_platform_inconsistency" => Predicate::CanaryPlatformInconsistency,
-        _ => Predicate::NotEvaluated,
+        "lifter:intel_aggregate_bump" => {
+            let bump_amount = p.number("bump_amount", 0.05)?;
+            if !(0.0..=1.0).contains(&bump_amount) {
+                return Err(format!("parameter \"bump_amount\" must be between 0 and 1, got {bump_amount}"));
+            }
+            Predicate::IntelBump { bump_amount }
+        }
+        _ => match Provider::from_kind(kind) {
+            Some(provider) => {
+                match params.get("provider").and_then(Json::as_str) {
+                    Some(named) if named != provider.name() => {
+                        return Err(format!(
+                            "parameter \"provider\" is \"{named}\" but the kind reads {}",
+                            provider.name()
+                        ))
+                    }
+                    _ => {}
+                }
+                Predicate::Intel(provider)
+            }
+            None => Predicate::NotEvaluated,
+        },
     })
 }
 
@@ -448,6 +478,11 @@ impl Predicate {
     /// Whether it is evaluated at all (see [`Predicate::NotEvaluated`]).
     pub fn is_evaluated(&self) -> bool {
         !matches!(self, Predicate::NotEvaluated)
+    }
+
+    /// Whether it is evaluated on intel rows by the intel stage rather than on subjects.
+    pub fn reads_intel_rows(&self) -> bool {
+        matches!(self, Predicate::Intel(_) | Predicate::IntelBump { .. })
     }
 
     /// Whether the extra evidence is the whole evidence: email tags carry a fixed shape
@@ -744,7 +779,8 @@ impl Predicate {
                 flag(payload, "ua_webgl_mismatch")
                     .then(|| canary_evidence("ua_webgl_mismatch", "userAgent_vs_webgl_renderer".to_string()))
             }
-            Predicate::NotEvaluated => None,
+            // Intel rows are judged with the provider tables (see `RulePack::intel_tags`).
+            Predicate::Intel(_) | Predicate::IntelBump { .. } | Predicate::NotEvaluated => None,
         }
     }
 }
