@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// JSONL input, repeatable, read in the order given (`-` = standard input).
     #[arg(long = "input", default_value = "examples/fleet.jsonl")]
     pub inputs: Vec<PathBuf>,
+    /// DECNET's artifacts directory: an email without `body_text` gets the body of its
+    /// stored message, `DIR/<decky_id>/smtp/<stored_as>`.
+    #[arg(long, env = "TTPFLOW_ARTIFACTS_DIR")]
+    pub artifacts_dir: Option<PathBuf>,
     /// Output directory for tags.jsonl and dead_letters.jsonl.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
@@ -83,15 +87,19 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     }
     let loaded = rules::load(&args.rules, &options)?;
     info!(rules = loaded.pack.rules().len(), dir = %args.rules.display(), "loaded rule pack");
+    let with_artifacts = args.artifacts_dir.is_some();
     let summary = runtime::run_files(RunOptions {
         inputs: args.inputs,
         out: args.out,
         workers: args.workers,
         epoch_records: args.epoch_records,
         pack: Arc::new(loaded.pack),
+        artifacts_dir: args.artifacts_dir,
     })?;
+    let artifacts =
+        if with_artifacts { format!(" artifacts_missing={}", summary.artifacts_missing) } else { String::new() };
     println!(
-        "records={} tags={} dead_letters={} elapsed_s={:.3} records_per_s={:.0}",
+        "records={} tags={} dead_letters={}{artifacts} elapsed_s={:.3} records_per_s={:.0}",
         summary.records,
         summary.tags,
         summary.dead_letters,

@@ -1,7 +1,8 @@
 //! Embedded input and output: JSONL files in, JSONL files out (DESIGN §1.4, §1.5).
 //!
 //! Inputs are read in the order given, one record per line; a line's offset is its
-//! 0-based index in its file (`-` is standard input). Outputs go to a directory:
+//! 0-based index in its file (`-` is standard input); with an artifacts directory, emails
+//! get their stored bodies as they are read ([`crate::artifacts`]). Outputs go to a directory:
 //! `tags.jsonl` (one stored tag per line, DECNET's tag fields plus `observed_at`) and
 //! `dead_letters.jsonl` (input, line, topic, reason, detail).
 
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use ttpflow_dataflows::json::write_str;
 use ttpflow_dataflows::record::{DeadLetter, Line, Pos, Tag};
 use ttpflow_dataflows::time::format_rfc3339;
+
+use crate::artifacts::Artifacts;
 
 /// Errors of the file source and sinks.
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +46,24 @@ pub struct LineSource {
     current: Option<(u32, u64, Box<dyn BufRead>)>,
     next_input: usize,
     buf: Vec<u8>,
+    /// Where email bodies missing from payloads are read from, when given.
+    artifacts: Option<Artifacts>,
 }
 
 impl LineSource {
     pub fn new(inputs: Vec<PathBuf>) -> LineSource {
-        LineSource { inputs, current: None, next_input: 0, buf: Vec::new() }
+        LineSource { inputs, current: None, next_input: 0, buf: Vec::new(), artifacts: None }
+    }
+
+    /// Fills in the bodies of emails from the stored messages in `dir` (see [`crate::artifacts`]).
+    pub fn with_artifacts(mut self, dir: Option<PathBuf>) -> LineSource {
+        self.artifacts = dir.map(Artifacts::new);
+        self
+    }
+
+    /// Emails whose stored body could not be read.
+    pub fn artifacts_missing(&self) -> u64 {
+        self.artifacts.as_ref().map_or(0, Artifacts::missing)
     }
 
     fn open(path: &Path) -> Result<Box<dyn BufRead>, FileError> {
@@ -87,7 +103,11 @@ impl LineSource {
                 continue;
             }
             let text = String::from_utf8(std::mem::take(&mut self.buf))
-                .map_err(|e| format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()));
+                .map_err(|e| format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()))
+                .map(|text| match &mut self.artifacts {
+                    Some(artifacts) => artifacts.fill(text),
+                    None => text,
+                });
             return Ok(Some(Line { pos, topic: None, text }));
         }
     }

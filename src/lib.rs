@@ -4,6 +4,7 @@
 //! loader, file sources and sinks, and the runtime that drives timely workers. The graph
 //! itself lives in the `ttpflow-dataflows` crate.
 
+pub mod artifacts;
 pub mod cli;
 pub mod files;
 pub mod intel_tables;

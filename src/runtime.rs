@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub workers: usize,
     pub epoch_records: u64,
     pub pack: Arc<RulePack>,
+    /// DECNET's artifacts directory, from which email bodies missing from payloads are read.
+    pub artifacts_dir: Option<PathBuf>,
 }
 
 /// What a run did.
@@ -43,6 +45,8 @@ pub struct Summary {
     pub records: u64,
     pub tags: u64,
     pub dead_letters: u64,
+    /// Emails whose stored body could not be read from the artifacts directory.
+    pub artifacts_missing: u64,
     pub elapsed: Duration,
 }
 
@@ -88,6 +92,7 @@ impl Writers {
 pub fn run_files(options: RunOptions) -> Result<Summary, RunError> {
     let started = Instant::now();
     std::fs::create_dir_all(&options.out).map_err(|source| RunError::OutputDir { dir: options.out.clone(), source })?;
+    let artifacts_dir = options.artifacts_dir.clone();
     let config = timely::Config::process(options.workers.max(1));
     let guards = timely::execute(config, move |worker| run_worker(worker, &options)).map_err(RunError::Workers)?;
     let mut summary = Summary::default();
@@ -96,6 +101,14 @@ pub fn run_files(options: RunOptions) -> Result<Summary, RunError> {
         summary.records += part.records;
         summary.tags += part.tags;
         summary.dead_letters += part.dead_letters;
+        summary.artifacts_missing += part.artifacts_missing;
+    }
+    if let Some(dir) = artifacts_dir.filter(|_| summary.artifacts_missing > 0) {
+        tracing::warn!(
+            emails = summary.artifacts_missing,
+            dir = %dir.display(),
+            "email bodies not read from the artifacts directory"
+        );
     }
     summary.elapsed = started.elapsed();
     Ok(summary)
@@ -124,9 +137,9 @@ fn run_worker(worker: &mut timely::worker::Worker, options: &RunOptions) -> Resu
         input
     });
 
-    let mut records = 0u64;
+    let (mut records, mut artifacts_missing) = (0u64, 0u64);
     if index == 0 {
-        let mut source = LineSource::new(options.inputs.clone());
+        let mut source = LineSource::new(options.inputs.clone()).with_artifacts(options.artifacts_dir.clone());
         let epoch_records = options.epoch_records.max(1);
         while let Some(line) = source.next_line()? {
             input.insert(line);
@@ -138,6 +151,7 @@ fn run_worker(worker: &mut timely::worker::Worker, options: &RunOptions) -> Resu
                 worker.step_while(|| probe.less_than(&(epoch - 1)));
             }
         }
+        artifacts_missing = source.artifacts_missing();
     }
     drop(input);
     while worker.has_dataflows() {
@@ -151,7 +165,13 @@ fn run_worker(worker: &mut timely::worker::Worker, options: &RunOptions) -> Resu
     if let Some(e) = error {
         return Err(e.into());
     }
-    Ok(Summary { records, tags: tags.finish()?, dead_letters: dead_letters.finish()?, elapsed: Duration::ZERO })
+    Ok(Summary {
+        records,
+        tags: tags.finish()?,
+        dead_letters: dead_letters.finish()?,
+        artifacts_missing,
+        elapsed: Duration::ZERO,
+    })
 }
 
 /// Collects a collection's updates on worker 0 and hands over each complete epoch.

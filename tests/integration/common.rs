@@ -47,6 +47,17 @@ pub fn read_jsonl(path: &Path) -> (String, Vec<Value>) {
 
 /// Runs the embedded job over `inputs` with the pack in `rules_dir`.
 pub fn run(rules_dir: &Path, inputs: &[PathBuf], workers: usize, epoch_records: u64) -> Output {
+    run_with_artifacts(rules_dir, inputs, workers, epoch_records, None)
+}
+
+/// [`run`], reading stored email bodies from `artifacts_dir` when given.
+pub fn run_with_artifacts(
+    rules_dir: &Path,
+    inputs: &[PathBuf],
+    workers: usize,
+    epoch_records: u64,
+    artifacts_dir: Option<&Path>,
+) -> Output {
     let loaded = rules::load(rules_dir, &LoadOptions::default()).expect("pack loads");
     let dir = tempfile::tempdir().expect("temp dir");
     let summary = runtime::run_files(RunOptions {
@@ -55,6 +66,7 @@ pub fn run(rules_dir: &Path, inputs: &[PathBuf], workers: usize, epoch_records: 
         workers,
         epoch_records,
         pack: Arc::new(loaded.pack),
+        artifacts_dir: artifacts_dir.map(Path::to_path_buf),
     })
     .expect("run succeeds");
     let (tags_text, tags) = read_jsonl(&dir.path().join("tags.jsonl"));
