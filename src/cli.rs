@@ -34,6 +34,9 @@ pub enum RulesCommand {
     Check {
         /// The rules directory.
         dir: PathBuf,
+        /// Directory of intel provider mapping tables; default: the project's, built in.
+        #[arg(long)]
+        intel_dir: Option<PathBuf>,
     },
 }
 
@@ -64,6 +67,10 @@ pub struct RunArgs {
     /// ATT&CK release stamped on tags.
     #[arg(long, default_value = ttpflow_dataflows::rules::DEFAULT_ATTACK_RELEASE)]
     pub attack_release: String,
+    /// Directory of intel provider mapping tables (`<provider>.yaml`); default: the
+    /// project's tables, built in.
+    #[arg(long)]
+    pub intel_dir: Option<PathBuf>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -72,7 +79,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub fn main(cli: Cli) -> Result<ExitCode, BoxError> {
     match cli.command {
         Command::Run(args) => run(args),
-        Command::Rules { command: RulesCommand::Check { dir } } => check(&dir),
+        Command::Rules { command: RulesCommand::Check { dir, intel_dir } } => check(&dir, intel_dir.as_deref()),
     }
 }
 
@@ -84,6 +91,9 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     let mut options = LoadOptions { attack_release: args.attack_release.clone(), ..LoadOptions::default() };
     if let Some(file) = &args.rule_state {
         options.states = rules::load_states(file, now_micros())?;
+    }
+    if let Some(dir) = &args.intel_dir {
+        options.intel = Arc::new(crate::intel_tables::load(dir)?);
     }
     let loaded = rules::load(&args.rules, &options)?;
     info!(rules = loaded.pack.rules().len(), dir = %args.rules.display(), "loaded rule pack");
@@ -151,8 +161,12 @@ pub fn run_examples(loaded: &LoadedPack) -> CheckReport {
 
 /// Prints every load problem and every failing example, file by file (in name order),
 /// then the counts; the examples of the valid rules run even when others do not load.
-fn check(dir: &Path) -> Result<ExitCode, BoxError> {
-    let (loaded, problems) = rules::load_valid(dir, &LoadOptions::default())?;
+fn check(dir: &Path, intel_dir: Option<&Path>) -> Result<ExitCode, BoxError> {
+    let mut options = LoadOptions::default();
+    if let Some(intel_dir) = intel_dir {
+        options.intel = Arc::new(crate::intel_tables::load(intel_dir)?);
+    }
+    let (loaded, problems) = rules::load_valid(dir, &options)?;
     let report = run_examples(&loaded);
     let mut lines: Vec<(&str, String)> = problems.iter().map(|p| (p.file.as_str(), format!("error: {p}"))).collect();
     lines.extend(report.failures.iter().map(|f| (f.file.as_str(), format!("fail: {f}"))));
