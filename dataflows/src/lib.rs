@@ -6,6 +6,8 @@
 //!                   └─ table updates → attackers arrangement        detect: one compiled rule set per
 //!                                                                   source kind (regex + structured
 //!                                                                   predicates), in one operator
+//!                                                                 + windows: cross-event detections
+//!                                                                   over event time (⋈ identities)
 //!                                                                              │
 //!                                                  store: tags distinct by uuid, insert-only,
 //!                                                  earliest record wins
@@ -30,6 +32,7 @@ pub mod store;
 pub mod tagid;
 pub mod time;
 pub mod types;
+pub mod windows;
 
 use std::sync::Arc;
 
@@ -52,11 +55,16 @@ pub fn build<'s>(records: Coll<'s, Line>, pack: Arc<RulePack>) -> Outputs<'s> {
     let scope = records.scope();
     let decoded = scope.region_named("decode", |r| decode::stage(records.enter_region(r)).leave(scope));
     let anchored = scope.region_named("anchor", |r| {
-        anchor::stage(decoded.events.enter_region(r), decoded.tables.enter_region(r)).leave(scope)
+        anchor::stage(decoded.events.enter_region(r), decoded.tables.clone().enter_region(r)).leave(scope)
     });
     let subjects =
         scope.region_named("fan-out", |r| fanout::stage(anchored.events.enter_region(r)).leave_region(scope));
+    let windowed = scope.region_named("windows", |r| {
+        let (subjects, tables) = (subjects.clone().enter_region(r), decoded.tables.enter_region(r));
+        windows::stage(subjects, tables, Arc::clone(&pack)).leave_region(scope)
+    });
     let tags = scope.region_named("detect", |r| detect(subjects.enter_region(r), pack).leave_region(scope));
+    let tags = tags.concat(windowed);
     let stored = scope.region_named("store", |r| store::stage(tags.enter_region(r)).leave_region(scope));
     Outputs {
         tags: stored,

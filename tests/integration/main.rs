@@ -6,3 +6,4 @@ mod pipeline;
 mod regression;
 mod rules_pack;
 mod schemas;
+mod windows;
