@@ -22,6 +22,7 @@ pub mod anchor;
 pub mod decode;
 pub mod email;
 pub mod fanout;
+pub mod intel;
 pub mod json;
 pub mod predicates;
 pub mod pyregex;
@@ -48,6 +49,8 @@ pub struct Outputs<'s> {
     pub dead_letters: Coll<'s, DeadLetter>,
     /// Events still waiting for their IP to resolve to an attacker.
     pub pending: Coll<'s, (String, Event)>,
+    /// R0058's bump state: attackers whose latest intel verdict is malicious.
+    pub intel_bumps: Coll<'s, (String, intel::Bump)>,
 }
 
 /// Builds the graph over a collection of raw records.
@@ -57,6 +60,10 @@ pub fn build<'s>(records: Coll<'s, Line>, pack: Arc<RulePack>) -> Outputs<'s> {
     let anchored = scope.region_named("anchor", |r| {
         anchor::stage(decoded.events.enter_region(r), decoded.tables.clone().enter_region(r)).leave(scope)
     });
+    let intel = scope.region_named("intel", |r| {
+        let (events, tables) = (anchored.events.clone().enter_region(r), decoded.tables.clone().enter_region(r));
+        intel::stage(events, tables, Arc::clone(&pack)).leave(scope)
+    });
     let subjects =
         scope.region_named("fan-out", |r| fanout::stage(anchored.events.enter_region(r)).leave_region(scope));
     let windowed = scope.region_named("windows", |r| {
@@ -64,12 +71,13 @@ pub fn build<'s>(records: Coll<'s, Line>, pack: Arc<RulePack>) -> Outputs<'s> {
         windows::stage(subjects, tables, Arc::clone(&pack)).leave_region(scope)
     });
     let tags = scope.region_named("detect", |r| detect(subjects.enter_region(r), pack).leave_region(scope));
-    let tags = tags.concat(windowed);
+    let tags = tags.concat(intel.tags).concat(windowed);
     let stored = scope.region_named("store", |r| store::stage(tags.enter_region(r)).leave_region(scope));
     Outputs {
         tags: stored,
         dead_letters: decoded.dead_letters.concat(anchored.dead_letters),
         pending: anchored.pending,
+        intel_bumps: intel.bumps,
     }
 }
 
