@@ -22,6 +22,7 @@ pub mod anchor;
 pub mod decode;
 pub mod email;
 pub mod fanout;
+pub mod identity;
 pub mod intel;
 pub mod json;
 pub mod predicates;

@@ -114,6 +114,8 @@ pub enum Reason {
     NoAnchor,
     /// The IP never resolved to an attacker before the end of input (or the TTL).
     Unanchored,
+    /// `merged_into` pointers of identities or campaigns that form a cycle.
+    MergeCycle,
 }
 
 impl Reason {
@@ -128,6 +130,7 @@ impl Reason {
             Reason::Oversize => "oversize",
             Reason::NoAnchor => "no_anchor",
             Reason::Unanchored => "unanchored",
+            Reason::MergeCycle => "merge_cycle",
         }
     }
 }
