@@ -3,18 +3,17 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{run, run_with_artifacts, write_input};
+use crate::common::{run, run_with_artifacts, write_input, write_pack};
 
 /// A one-rule pack: business email compromise, which needs the body.
 fn bec_pack(dir: &Path) -> PathBuf {
-    let rules = dir.join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(
-        rules.join("T0047.yaml"),
-        "rule_id: T0047\nrule_version: 1\nname: bec\napplies_to: [email]\nmatch:\n  kind: lifter:email_bec\n  subject_keywords: [urgent, wire]\n  body_action_keywords: [transfer, send]\nemits:\n  - {tactic: TA0001, technique_id: T1566, sub_technique_id: T1566.003, confidence: 0.85}\nevidence_fields: [subject, matched_subject_kw, matched_body_kw]\n",
+    write_pack(
+        dir,
+        &[(
+            "T0047",
+            "rule_id: T0047\nrule_version: 1\nname: bec\napplies_to: [email]\nmatch:\n  kind: lifter:email_bec\n  subject_keywords: [urgent, wire]\n  body_action_keywords: [transfer, send]\nemits:\n  - {tactic: TA0001, technique_id: T1566, sub_technique_id: T1566.003, confidence: 0.85}\nevidence_fields: [subject, matched_subject_kw, matched_body_kw]\n",
+        )],
     )
-    .unwrap();
-    rules
 }
 
 const ATTACKER: &str =

@@ -74,6 +74,16 @@ pub fn run_with_artifacts(
     Output { summary, tags, dead_letters, tags_text, dead_letters_text, _dir: dir }
 }
 
+/// Writes a pack of `(rule_id, yaml)` rules to `dir/rules` and returns its path.
+pub fn write_pack(dir: &Path, rules: &[(&str, &str)]) -> PathBuf {
+    let pack = dir.join("rules");
+    std::fs::create_dir_all(&pack).expect("create the pack directory");
+    for (rule_id, yaml) in rules {
+        std::fs::write(pack.join(format!("{rule_id}.yaml")), yaml).expect("write a rule");
+    }
+    pack
+}
+
 /// Writes `lines` to a file in `dir` and returns its path.
 pub fn write_input(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
     let path = dir.join(name);

@@ -9,19 +9,16 @@ use crate::common::{self, root, run, write_input};
 
 /// A two-rule pack written for these tests.
 fn tiny_pack(dir: &Path) -> PathBuf {
-    let rules = dir.join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(
-        rules.join("T0001.yaml"),
-        "rule_id: T0001\nrule_version: 1\nname: shadow_read\napplies_to: [command]\nmatch:\n  field: command_text\n  pattern: '/etc/shadow\\b'\nemits:\n  - {tactic: TA0006, technique_id: T1003, sub_technique_id: T1003.008, confidence: 0.9}\nevidence_fields: [command_text]\n",
-    )
-    .unwrap();
-    std::fs::write(
-        rules.join("T0002.yaml"),
-        "rule_id: T0002\nrule_version: 3\nname: scanner_ua\napplies_to: [http_request]\nmatch:\n  field: user_agent\n  pattern: '(?i)nikto'\nemits:\n  - {tactic: TA0043, technique_id: T1595, confidence: 0.5}\nevidence_fields: [user_agent]\n",
-    )
-    .unwrap();
-    rules
+    common::write_pack(dir, &[
+        (
+            "T0001",
+            "rule_id: T0001\nrule_version: 1\nname: shadow_read\napplies_to: [command]\nmatch:\n  field: command_text\n  pattern: '/etc/shadow\\b'\nemits:\n  - {tactic: TA0006, technique_id: T1003, sub_technique_id: T1003.008, confidence: 0.9}\nevidence_fields: [command_text]\n",
+        ),
+        (
+            "T0002",
+            "rule_id: T0002\nrule_version: 3\nname: scanner_ua\napplies_to: [http_request]\nmatch:\n  field: user_agent\n  pattern: '(?i)nikto'\nemits:\n  - {tactic: TA0043, technique_id: T1595, confidence: 0.5}\nevidence_fields: [user_agent]\n",
+        ),
+    ])
 }
 
 const ATTACKER: &str =

@@ -64,15 +64,20 @@ fn differing_fields(want: &Value, got: &Value) -> Vec<&'static str> {
         .collect()
 }
 
+/// A corpus's events file, unzipped into `dir` when it is stored compressed.
+fn corpus_events(conf: &Path, corpus: &str, dir: &Path) -> PathBuf {
+    let plain = conf.join(format!("corpus/{corpus}_events.jsonl"));
+    if plain.exists() {
+        plain
+    } else {
+        gunzip_to(&conf.join(format!("corpus/{corpus}_events.jsonl.gz")), &dir.join("events.jsonl"))
+    }
+}
+
 fn check_corpus(corpus: &str) {
     let Some(conf) = conformance(&format!("the {corpus} corpus parity check")) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let plain = conf.join(format!("corpus/{corpus}_events.jsonl"));
-    let events = if plain.exists() {
-        plain
-    } else {
-        gunzip_to(&conf.join(format!("corpus/{corpus}_events.jsonl.gz")), &dir.path().join("events.jsonl"))
-    };
+    let events = corpus_events(&conf, corpus, dir.path());
     let out = run(&conf.join("decnet/rules"), &[conf.join(format!("corpus/{corpus}_tables.jsonl")), events], 1, 4096);
 
     let ours: BTreeMap<&str, &Value> = out.tags.iter().map(|t| (t["uuid"].as_str().unwrap(), t)).collect();
@@ -156,12 +161,7 @@ fn canary_key(tag: &Value) -> String {
 fn check_canary_tags_by_token(corpus: &str) {
     let Some(conf) = conformance(&format!("the {corpus} corpus canary check")) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let plain = conf.join(format!("corpus/{corpus}_events.jsonl"));
-    let events = if plain.exists() {
-        plain
-    } else {
-        gunzip_to(&conf.join(format!("corpus/{corpus}_events.jsonl.gz")), &dir.path().join("events.jsonl"))
-    };
+    let events = corpus_events(&conf, corpus, dir.path());
     // The token of every trigger, and of itself (a trigger without a trigger_id is keyed by token).
     let mut token_of: BTreeMap<String, String> = BTreeMap::new();
     for record in read_jsonl(&events).1 {
