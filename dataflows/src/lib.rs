@@ -4,10 +4,12 @@
 //! records ─ decode ─┬─ events ── anchor (real shapes; ⋈ attackers by ip) ── fan-out (session → commands)
 //!                   │                                                          │
 //!                   └─ table updates → attackers arrangement        detect: one compiled rule set per
-//!                                                                   source kind (regex + structured
-//!                                                                   predicates), in one operator
-//!                                                                 + windows: cross-event detections
-//!                                                                   over event time (⋈ identities)
+//!                          │                                        source kind (regex + structured
+//!                          │                                        predicates), in one operator
+//!                          │                                      + windows: cross-event detections
+//!                          │                                        over event time (⋈ identities)
+//!                          └─ intel rows (⋈ enriched events) ──── + intel: provider rules on each
+//!                                                                   attacker's latest intel row
 //!                                                                              │
 //!                                                  store: tags distinct by uuid, insert-only,
 //!                                                  earliest record wins
