@@ -30,6 +30,7 @@ pub mod json;
 pub mod predicates;
 pub mod pyregex;
 pub mod record;
+pub mod rollup;
 pub mod rules;
 pub mod shapes;
 pub mod store;

@@ -1,0 +1,984 @@
+//! Rollup: stored tags summed up per attacker, identity, campaign, session and fleet
+//! (DESIGN §1.5, §2.5, §2.7, §3).
+//!
+//! Input: the stored tags (insertions only, each uuid once), the reference collections of
+//! the identity stage (attacker → canonical identity, identity → canonical identity,
+//! canonical identity → canonical campaign) and R0058's bump state per attacker. Output:
+//! one [`RollupRow`] per (scope kind, scope id, technique, sub-technique, tactic) that
+//! has a tag, changing (retraction and insertion) whenever its numbers change.
+//!
+//! Scopes of a tag:
+//! * attacker — its `attacker_uuid`;
+//! * identity — the canonical identity of its attacker; a tag with no attacker but an
+//!   `identity_uuid` counts for that identity's canonical identity (an identity the
+//!   closure does not know yet stands for itself). A tag with an attacker is resolved
+//!   through the attacker alone: its own `identity_uuid` is what its event carried
+//!   (DESIGN §2.1), not live membership;
+//! * campaign — the canonical campaign of that canonical identity;
+//! * session — its `session_id`;
+//! * fleet — every tag, scope id `""`.
+//!
+//! Numbers: `tag_count`; `attacker_count` and `identity_count`, the distinct attackers and
+//! canonical identities among the key's tags; `first_seen` / `last_seen`, the least and
+//! greatest `observed_at` (a tag without event time counts but moves neither; both stay
+//! `None` while no tag of the key has one); `confidence_max`, the greatest tag confidence,
+//! where an intel tag (`source_kind` `intel`) of an attacker with a bump counts raised by
+//! the bump amount, capped at 1.0, for as long as the bump lasts.
+//!
+//! Accumulators, so that no operator re-reads the tags of a scope: (1) every tag becomes
+//! an [`Agg`] difference (count, least and greatest event time, greatest confidence of
+//! intel and of other tags) on its source key — anchor (attacker, else identity, else
+//! none) × technique, and again anchor × session × technique — and an arrangement of the
+//! source keys accumulates them (a semigroup: tags only arrive, and a tag never changes
+//! attacker). (2) The source aggregates are joined with the bumps and the reference maps,
+//! each a function of its key, as left joins (matches in, their unmatched form out).
+//! (3) One reduce per rollup key combines the aggregates of its sources. A merge or an
+//! unmerge, a campaign move or a bump change thus retracts and re-inserts source
+//! aggregates, and the reduce re-combines those of the keys they touch: its input is one
+//! aggregate per source (attacker or identity, and session), not one per tag.
+//!
+//! Arrangements: the source aggregates (`rollup: sources`), the bumps per attacker, the
+//! sources by attacker, by identity and by canonical identity, the reference maps by
+//! their keys, and the rollup keys with their sources. State: one aggregate per source,
+//! the reference maps, and per rollup key its sources' aggregates. No dead letters.
+
+use differential_dataflow::difference::{IsZero, Semigroup};
+use differential_dataflow::operators::CountTotal;
+use differential_dataflow::AsCollection;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::vec::Map;
+
+use crate::identity::References;
+use crate::intel::Bump;
+use crate::record::{Confidence, Tag};
+use crate::types::{Coll, Diff, Time};
+
+/// The `source_kind` of intel-derived tags, which the R0058 bump raises.
+const INTEL_SOURCE: &str = "intel";
+
+/// Which scope a rollup row sums up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ScopeKind {
+    Attacker,
+    Identity,
+    Campaign,
+    Session,
+    Fleet,
+}
+
+impl ScopeKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ScopeKind::Attacker => "attacker",
+            ScopeKind::Identity => "identity",
+            ScopeKind::Campaign => "campaign",
+            ScopeKind::Session => "session",
+            ScopeKind::Fleet => "fleet",
+        }
+    }
+}
+
+/// One rollup row: a scope's numbers for one technique.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RollupRow {
+    pub scope_kind: ScopeKind,
+    /// The attacker, canonical identity, canonical campaign or session; `""` for the fleet.
+    pub scope_id: String,
+    pub technique_id: String,
+    /// `""` for none.
+    pub sub_technique_id: String,
+    pub tactic: String,
+    pub tag_count: i64,
+    pub attacker_count: i64,
+    pub identity_count: i64,
+    /// Least event time (microseconds) of the key's tags that have one.
+    pub first_seen: Option<i64>,
+    /// Greatest event time (microseconds) of the key's tags that have one.
+    pub last_seen: Option<i64>,
+    pub confidence_max: Confidence,
+}
+
+/// The technique part of every key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Technique {
+    technique_id: String,
+    sub_technique_id: String,
+    tactic: String,
+}
+
+/// What a tag is anchored on, for the scopes that follow identities.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Anchor {
+    Attacker(String),
+    /// An identity (as the tag carried it) and no attacker.
+    Identity(String),
+    /// Neither: the tag counts for its session and the fleet only.
+    Unanchored,
+}
+
+/// A source aggregate's key: the tags of one anchor and technique, of all sessions
+/// (`session: None`) or of one session.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Source {
+    anchor: Anchor,
+    session: Option<String>,
+    technique: Technique,
+}
+
+/// The accumulated tags of one source: the semigroup difference of the source arrangement.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Agg {
+    tags: i64,
+    first_seen: Option<i64>,
+    last_seen: Option<i64>,
+    /// Greatest confidence of tags not derived from intel.
+    confidence: Option<Confidence>,
+    /// Greatest confidence of intel-derived tags (which a bump raises).
+    intel_confidence: Option<Confidence>,
+}
+
+impl Agg {
+    fn of(tag: &Tag) -> Agg {
+        let intel = tag.source_kind == INTEL_SOURCE;
+        Agg {
+            tags: 1,
+            first_seen: tag.observed_at,
+            last_seen: tag.observed_at,
+            confidence: (!intel).then_some(tag.confidence),
+            intel_confidence: intel.then_some(tag.confidence),
+        }
+    }
+
+    /// The aggregate's numbers with the intel confidence raised by `bump` micros.
+    fn summary(&self, bump: Option<i64>) -> Summary {
+        let intel = self.intel_confidence.map(|c| match bump {
+            Some(micros) => raised(c, micros),
+            None => c,
+        });
+        Summary {
+            tags: self.tags,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            confidence: self.confidence.max(intel).unwrap_or(Confidence(0.0)),
+        }
+    }
+}
+
+/// `confidence` raised by `micros` millionths, capped at 1.0.
+fn raised(confidence: Confidence, micros: i64) -> Confidence {
+    Confidence((confidence.0 + micros as f64 / 1e6).min(1.0))
+}
+
+/// The lesser of two optional values, `None` standing for "no value".
+fn min_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl IsZero for Agg {
+    fn is_zero(&self) -> bool {
+        self.tags == 0
+    }
+}
+
+impl Semigroup for Agg {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.tags += rhs.tags;
+        self.first_seen = min_some(self.first_seen, rhs.first_seen);
+        self.last_seen = self.last_seen.max(rhs.last_seen);
+        self.confidence = self.confidence.max(rhs.confidence);
+        self.intel_confidence = self.intel_confidence.max(rhs.intel_confidence);
+    }
+}
+
+/// A source aggregate's numbers, bump applied.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Summary {
+    tags: i64,
+    first_seen: Option<i64>,
+    last_seen: Option<i64>,
+    confidence: Confidence,
+}
+
+/// A source aggregate on its way to the rollup keys.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Part {
+    session: Option<String>,
+    technique: Technique,
+    summary: Summary,
+}
+
+/// A source aggregate with its scopes resolved.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Contribution {
+    attacker: Option<String>,
+    /// The canonical identity.
+    identity: Option<String>,
+    /// The canonical campaign.
+    campaign: Option<String>,
+    part: Part,
+}
+
+/// A rollup row's key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct RollupKey {
+    scope_kind: ScopeKind,
+    scope_id: String,
+    technique: Technique,
+}
+
+/// What one source brings to a rollup key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Share {
+    attacker: Option<String>,
+    identity: Option<String>,
+    summary: Summary,
+}
+
+/// The stage, over the identity stage's outputs.
+pub fn stage<'s>(tags: Coll<'s, Tag>, refs: &References<'s>, bumps: Coll<'s, (String, Bump)>) -> Coll<'s, RollupRow> {
+    rollup(tags, refs.attacker_identity.clone(), refs.identity_canonical.clone(), refs.identity_campaign.clone(), bumps)
+}
+
+/// The stage over plain collections: `attacker_identity` (attacker, canonical identity),
+/// `identity_canonical` (identity, canonical identity), `identity_campaign` (canonical
+/// identity, canonical campaign) and `bumps` (attacker, bump); each of the first three a
+/// function of its key.
+pub fn rollup<'s>(
+    tags: Coll<'s, Tag>,
+    attacker_identity: Coll<'s, (String, String)>,
+    identity_canonical: Coll<'s, (String, String)>,
+    identity_campaign: Coll<'s, (String, String)>,
+    bumps: Coll<'s, (String, Bump)>,
+) -> Coll<'s, RollupRow> {
+    let sources = sources(tags);
+    let by_attacker = sources.clone().flat_map(|(source, agg)| match source.anchor {
+        Anchor::Attacker(attacker) => Some((attacker, (source.session, source.technique, agg))),
+        _ => None,
+    });
+    let by_identity = sources.clone().flat_map(|(source, agg)| match source.anchor {
+        Anchor::Identity(identity) => Some((identity, part(source.session, source.technique, &agg, None))),
+        _ => None,
+    });
+    let unanchored = sources.flat_map(|(source, agg)| match source.anchor {
+        Anchor::Unanchored => Some(part(source.session, source.technique, &agg, None)),
+        _ => None,
+    });
+
+    // One bump per attacker: the largest, should the state ever hold two.
+    let bumps = bumps
+        .map(|(attacker, bump)| (attacker, bump.amount_micros))
+        .reduce_named("rollup: bump per attacker", |_, amounts, out| out.push((*amounts[amounts.len() - 1].0, 1)))
+        .arrange_by_key_named("rollup: bumps");
+    let attacker_parts = left_join(by_attacker, bumps, "rollup: sources by attacker")
+        .map(|(attacker, ((session, technique, agg), bump))| (attacker, part(session, technique, &agg, bump)));
+
+    let attacker_identity = attacker_identity.arrange_by_key_named("rollup: attacker identities");
+    let attackers = left_join(attacker_parts, attacker_identity, "rollup: attacker parts by attacker");
+    let canonical = identity_canonical.arrange_by_key_named("rollup: canonical identities");
+    let identities = left_join(by_identity, canonical, "rollup: identity parts by identity")
+        .map(|(identity, (part, canonical))| (canonical.unwrap_or(identity), (None, part)));
+    let with_identity = attackers
+        .clone()
+        .flat_map(|(attacker, (part, identity))| identity.map(|identity| (identity, (Some(attacker), part))))
+        .concat(identities);
+    let without_identity = attackers.flat_map(|(attacker, (part, identity))| {
+        identity.is_none().then_some(Contribution { attacker: Some(attacker), identity: None, campaign: None, part })
+    });
+    let campaigns = identity_campaign.arrange_by_key_named("rollup: identity campaigns");
+    let with_identity = left_join(with_identity, campaigns, "rollup: parts by canonical identity").map(
+        |(identity, ((attacker, part), campaign))| Contribution { attacker, identity: Some(identity), campaign, part },
+    );
+    let unanchored = unanchored.map(|part| Contribution { attacker: None, identity: None, campaign: None, part });
+
+    with_identity
+        .concat(without_identity)
+        .concat(unanchored)
+        .flat_map(shares)
+        .reduce_named("rollup: combine", |_, shares, out| out.push((combine(shares), 1)))
+        .map(|(key, totals)| totals.into_row(key))
+}
+
+/// The source aggregates: every tag's [`Agg`] accumulated per source key.
+fn sources<'s>(tags: Coll<'s, Tag>) -> Coll<'s, (Source, Agg)> {
+    // Tags only arrive (the store emits insertions only); a tag is counted once per
+    // insertion, so a retraction, which the store never emits, is not representable here.
+    tags.inner
+        .flat_map(|(tag, time, diff): (Tag, Time, Diff)| {
+            let mut agg = Agg::of(&tag);
+            agg.tags *= diff as i64;
+            source_keys(&tag).into_iter().map(move |source| (source, time, agg.clone()))
+        })
+        .as_collection()
+        .arrange_by_self_named("rollup: sources")
+        .count_total()
+}
+
+/// A tag's source keys: its anchor and technique, and again with its session.
+fn source_keys(tag: &Tag) -> Vec<Source> {
+    let anchor = match (&tag.attacker_uuid, &tag.identity_uuid) {
+        (Some(attacker), _) => Anchor::Attacker(attacker.clone()),
+        (None, Some(identity)) => Anchor::Identity(identity.clone()),
+        (None, None) => Anchor::Unanchored,
+    };
+    let technique = Technique {
+        technique_id: tag.technique_id.clone(),
+        sub_technique_id: tag.sub_technique_id.clone().unwrap_or_default(),
+        tactic: tag.tactic.clone(),
+    };
+    let mut keys = vec![Source { anchor: anchor.clone(), session: None, technique: technique.clone() }];
+    if let Some(session) = &tag.session_id {
+        keys.push(Source { anchor, session: Some(session.clone()), technique });
+    }
+    keys
+}
+
+fn part(session: Option<String>, technique: Technique, agg: &Agg, bump: Option<i64>) -> Part {
+    Part { session, technique, summary: agg.summary(bump) }
+}
+
+/// `left` with the value `right` holds for its key, or `None`: the matches, plus `left`
+/// as unmatched less the unmatched form of the matches. `right` must be a function of
+/// its key (at most one value, with multiplicity one).
+fn left_join<'s, K, V, W>(
+    left: Coll<'s, (K, V)>,
+    right: crate::types::ArrangedByKey<'s, K, W>,
+    name: &str,
+) -> Coll<'s, (K, (V, Option<W>))>
+where
+    K: differential_dataflow::ExchangeData + differential_dataflow::Hashable,
+    V: differential_dataflow::ExchangeData,
+    W: differential_dataflow::ExchangeData,
+{
+    let arranged = left.clone().arrange_by_key_named(name);
+    let matched = arranged.clone().join_core(right.clone(), |k, v, w| Some((k.clone(), (v.clone(), Some(w.clone())))));
+    let unmatched_form = arranged.join_core(right, |k, v, _| Some((k.clone(), (v.clone(), None))));
+    left.map(|(k, v)| (k, (v, None))).concat(unmatched_form.negate()).concat(matched)
+}
+
+/// The rollup keys a resolved source aggregate counts for.
+fn shares(contribution: Contribution) -> Vec<(RollupKey, Share)> {
+    let Contribution { attacker, identity, campaign, part } = contribution;
+    let Part { session, technique, summary } = part;
+    let key = |scope_kind: ScopeKind, scope_id: &str| RollupKey {
+        scope_kind,
+        scope_id: scope_id.to_string(),
+        technique: technique.clone(),
+    };
+    let mut keys = Vec::new();
+    match &session {
+        // A session's aggregate counts for the session alone; the anchor's aggregate of
+        // all sessions for the other scopes.
+        Some(session) => keys.push(key(ScopeKind::Session, session)),
+        None => {
+            keys.extend(attacker.as_deref().map(|a| key(ScopeKind::Attacker, a)));
+            keys.extend(identity.as_deref().map(|i| key(ScopeKind::Identity, i)));
+            keys.extend(campaign.as_deref().map(|c| key(ScopeKind::Campaign, c)));
+            keys.push(key(ScopeKind::Fleet, ""));
+        }
+    }
+    let share = Share { attacker, identity, summary };
+    keys.into_iter().map(|key| (key, share.clone())).collect()
+}
+
+/// A rollup key's numbers.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Totals {
+    tag_count: i64,
+    attacker_count: i64,
+    identity_count: i64,
+    first_seen: Option<i64>,
+    last_seen: Option<i64>,
+    confidence_max: Confidence,
+}
+
+impl Totals {
+    fn into_row(self, key: RollupKey) -> RollupRow {
+        let RollupKey { scope_kind, scope_id, technique } = key;
+        RollupRow {
+            scope_kind,
+            scope_id,
+            technique_id: technique.technique_id,
+            sub_technique_id: technique.sub_technique_id,
+            tactic: technique.tactic,
+            tag_count: self.tag_count,
+            attacker_count: self.attacker_count,
+            identity_count: self.identity_count,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            confidence_max: self.confidence_max,
+        }
+    }
+}
+
+/// Combines the shares of one rollup key (sorted, each with its multiplicity).
+fn combine(shares: &[(&Share, Diff)]) -> Totals {
+    let mut attackers = std::collections::BTreeSet::new();
+    let mut identities = std::collections::BTreeSet::new();
+    let mut totals = Totals {
+        tag_count: 0,
+        attacker_count: 0,
+        identity_count: 0,
+        first_seen: None,
+        last_seen: None,
+        confidence_max: Confidence(0.0),
+    };
+    for (share, count) in shares {
+        let summary = &share.summary;
+        totals.tag_count += summary.tags * *count as i64;
+        totals.first_seen = min_some(totals.first_seen, summary.first_seen);
+        totals.last_seen = totals.last_seen.max(summary.last_seen);
+        totals.confidence_max = totals.confidence_max.max(summary.confidence);
+        attackers.extend(share.attacker.as_deref());
+        identities.extend(share.identity.as_deref());
+    }
+    totals.attacker_count = attackers.len() as i64;
+    totals.identity_count = identities.len() as i64;
+    totals
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::{Arc, Mutex};
+
+    use differential_dataflow::input::Input as _;
+
+    use super::*;
+    use crate::json::Json;
+    use crate::record::Pos;
+
+    type Captured<D> = Arc<Mutex<Vec<(D, Time, Diff)>>>;
+
+    /// One input change: a stored tag, or an upsert of a reference map (`None` deletes).
+    #[derive(Clone, Debug)]
+    enum Op {
+        Tag(Box<Tag>),
+        /// Attacker → canonical identity.
+        Attacker(String, Option<String>),
+        /// Identity → canonical identity.
+        Canonical(String, Option<String>),
+        /// Canonical identity → canonical campaign.
+        Campaign(String, Option<String>),
+        /// Attacker → bump amount in micros.
+        Bump(String, Option<i64>),
+    }
+
+    fn s(x: &str) -> String {
+        x.to_string()
+    }
+
+    fn attacker(a: &str, i: Option<&str>) -> Op {
+        Op::Attacker(s(a), i.map(s))
+    }
+
+    fn canonical(i: &str, c: Option<&str>) -> Op {
+        Op::Canonical(s(i), c.map(s))
+    }
+
+    fn campaign(i: &str, c: Option<&str>) -> Op {
+        Op::Campaign(s(i), c.map(s))
+    }
+
+    fn bump(a: &str, micros: Option<i64>) -> Op {
+        Op::Bump(s(a), micros)
+    }
+
+    /// A tag: uuid from `n`, technique `technique` (`T.sub` for a sub-technique).
+    fn tag(n: u64, technique: &str, confidence: f64, observed_at: Option<i64>) -> Tag {
+        let (technique_id, sub) = match technique.split_once('.') {
+            Some((t, sub)) => (t.to_string(), Some(sub.to_string())),
+            None => (technique.to_string(), None),
+        };
+        let mut uuid = [0; 16];
+        uuid[..8].copy_from_slice(&n.to_le_bytes());
+        Tag {
+            pos: Pos { input: 0, offset: n },
+            part: 0,
+            emit: 0,
+            uuid,
+            source_kind: "command".into(),
+            source_id: format!("src-{n}"),
+            attacker_uuid: None,
+            identity_uuid: None,
+            session_id: None,
+            decky_id: None,
+            tactic: "TA0006".into(),
+            technique_id,
+            sub_technique_id: sub,
+            confidence: Confidence(confidence),
+            rule_id: "R".into(),
+            rule_version: 1,
+            evidence: Json::Obj(vec![]),
+            attack_release: "v15.1".into(),
+            observed_at,
+        }
+    }
+
+    fn on(mut tag: Tag, attacker: Option<&str>, identity: Option<&str>, session: Option<&str>) -> Op {
+        tag.attacker_uuid = attacker.map(s);
+        tag.identity_uuid = identity.map(s);
+        tag.session_id = session.map(s);
+        Op::Tag(Box::new(tag))
+    }
+
+    fn intel(mut tag: Tag) -> Tag {
+        tag.source_kind = INTEL_SOURCE.into();
+        tag
+    }
+
+    /// Runs the stage over `batches`, batch `e` at epoch `e`; every update of the output.
+    fn run(batches: Vec<Vec<Op>>) -> Captured<RollupRow> {
+        let captured: Captured<RollupRow> = Arc::default();
+        let sink = Arc::clone(&captured);
+        timely::execute_directly(move |worker| {
+            let (mut tags, mut attackers, mut canonicals, mut campaigns, mut bumps) =
+                worker.dataflow::<Time, _, _>(|scope| {
+                    let (tags_in, tags) = scope.new_collection::<Tag, Diff>();
+                    let (attackers_in, attackers) = scope.new_collection::<(String, String), Diff>();
+                    let (canonicals_in, canonicals) = scope.new_collection::<(String, String), Diff>();
+                    let (campaigns_in, campaigns) = scope.new_collection::<(String, String), Diff>();
+                    let (bumps_in, bumps) = scope.new_collection::<(String, Bump), Diff>();
+                    let sink = Arc::clone(&sink);
+                    rollup(tags, attackers, canonicals, campaigns, bumps)
+                        .inspect(move |x| sink.lock().unwrap().push(x.clone()));
+                    (tags_in, attackers_in, canonicals_in, campaigns_in, bumps_in)
+                });
+            let mut maps: [BTreeMap<String, String>; 3] = Default::default();
+            let mut bump_of: BTreeMap<String, i64> = BTreeMap::new();
+            let as_bump = |micros: i64| Bump { rule_id: "R0058".into(), amount_micros: micros };
+            for (epoch, ops) in batches.iter().enumerate() {
+                let epoch = epoch as Time;
+                tags.advance_to(epoch);
+                attackers.advance_to(epoch);
+                canonicals.advance_to(epoch);
+                campaigns.advance_to(epoch);
+                bumps.advance_to(epoch);
+                for op in ops.clone() {
+                    let (which, key, value) = match op {
+                        Op::Tag(tag) => {
+                            tags.insert(*tag);
+                            continue;
+                        }
+                        Op::Bump(key, value) => {
+                            if let Some(old) = bump_of.remove(&key) {
+                                bumps.remove((key.clone(), as_bump(old)));
+                            }
+                            if let Some(new) = value {
+                                bump_of.insert(key.clone(), new);
+                                bumps.insert((key, as_bump(new)));
+                            }
+                            continue;
+                        }
+                        Op::Attacker(key, value) => (0, key, value),
+                        Op::Canonical(key, value) => (1, key, value),
+                        Op::Campaign(key, value) => (2, key, value),
+                    };
+                    let input = [&mut attackers, &mut canonicals, &mut campaigns];
+                    let input = input.into_iter().nth(which).expect("three maps");
+                    if let Some(old) = maps[which].remove(&key) {
+                        input.remove((key.clone(), old));
+                    }
+                    if let Some(new) = value {
+                        maps[which].insert(key.clone(), new.clone());
+                        input.insert((key, new));
+                    }
+                }
+            }
+        });
+        captured
+    }
+
+    fn consolidated(captured: &Captured<RollupRow>) -> Vec<(RollupRow, Time, Diff)> {
+        let mut updates = captured.lock().unwrap().clone();
+        differential_dataflow::consolidation::consolidate_updates(&mut updates);
+        updates
+    }
+
+    /// The output at `epoch`; every row must be there once or not at all.
+    fn at(captured: &Captured<RollupRow>, epoch: Time) -> BTreeSet<RollupRow> {
+        let mut counts: BTreeMap<RollupRow, Diff> = BTreeMap::new();
+        for (row, time, diff) in captured.lock().unwrap().iter() {
+            if *time <= epoch {
+                *counts.entry(row.clone()).or_default() += diff;
+            }
+        }
+        counts.retain(|_, r| *r != 0);
+        assert!(counts.values().all(|r| *r == 1), "multiplicities at {epoch}: {counts:#?}");
+        counts.into_keys().collect()
+    }
+
+    /// The rows of one scope kind.
+    fn of(rows: &BTreeSet<RollupRow>, kind: ScopeKind) -> Vec<RollupRow> {
+        rows.iter().filter(|r| r.scope_kind == kind).cloned().collect()
+    }
+
+    /// A row: `numbers` are (tags, attackers, identities), `seen` (first, last).
+    fn row(
+        kind: ScopeKind,
+        id: &str,
+        technique: &str,
+        numbers: (i64, i64, i64),
+        seen: (Option<i64>, Option<i64>),
+        confidence: f64,
+    ) -> RollupRow {
+        let (technique_id, sub) = technique.split_once('.').unwrap_or((technique, ""));
+        RollupRow {
+            scope_kind: kind,
+            scope_id: id.into(),
+            technique_id: technique_id.into(),
+            sub_technique_id: sub.into(),
+            tactic: "TA0006".into(),
+            tag_count: numbers.0,
+            attacker_count: numbers.1,
+            identity_count: numbers.2,
+            first_seen: seen.0,
+            last_seen: seen.1,
+            confidence_max: Confidence(confidence),
+        }
+    }
+
+    #[test]
+    fn every_scope_kind_sums_its_tags() {
+        use ScopeKind::*;
+        let refs = vec![
+            attacker("a1", Some("i1")),
+            attacker("a2", Some("i1")),
+            canonical("i1", Some("i1")),
+            canonical("i2", Some("i1")),
+            campaign("i1", Some("c1")),
+        ];
+        let first = vec![
+            on(tag(1, "T1110", 0.5, Some(10)), Some("a1"), None, Some("s1")),
+            on(tag(3, "T1110", 0.6, None), Some("a1"), Some("i9"), Some("s1")),
+            on(tag(4, "T1110", 0.4, Some(20)), Some("a2"), None, Some("s2")),
+            on(tag(5, "T1110", 0.9, Some(5)), None, Some("i2"), None),
+            on(tag(6, "T1110", 0.3, Some(40)), None, None, Some("s1")),
+            on(tag(7, "T1059.004", 0.8, None), Some("a1"), None, None),
+        ];
+        let second = vec![on(tag(2, "T1110", 0.7, Some(30)), Some("a1"), None, Some("s1"))];
+        let out = run(vec![refs.into_iter().chain(first).collect(), second]);
+        let rows = at(&out, 1);
+        let none = (None, None);
+        assert_eq!(
+            of(&rows, Attacker),
+            [
+                row(Attacker, "a1", "T1059.004", (1, 1, 1), none, 0.8),
+                row(Attacker, "a1", "T1110", (3, 1, 1), (Some(10), Some(30)), 0.7),
+                row(Attacker, "a2", "T1110", (1, 1, 1), (Some(20), Some(20)), 0.4),
+            ]
+        );
+        // The identity-anchored tag counts for i2's canonical identity; a tag with an
+        // attacker follows its attacker, not the identity its event carried (i9).
+        assert_eq!(
+            of(&rows, Identity),
+            [
+                row(Identity, "i1", "T1059.004", (1, 1, 1), none, 0.8),
+                row(Identity, "i1", "T1110", (5, 2, 1), (Some(5), Some(30)), 0.9),
+            ]
+        );
+        assert_eq!(
+            of(&rows, Campaign),
+            [
+                row(Campaign, "c1", "T1059.004", (1, 1, 1), none, 0.8),
+                row(Campaign, "c1", "T1110", (5, 2, 1), (Some(5), Some(30)), 0.9),
+            ]
+        );
+        assert_eq!(
+            of(&rows, Session),
+            [
+                row(Session, "s1", "T1110", (4, 1, 1), (Some(10), Some(40)), 0.7),
+                row(Session, "s2", "T1110", (1, 1, 1), (Some(20), Some(20)), 0.4),
+            ]
+        );
+        assert_eq!(
+            of(&rows, Fleet),
+            [
+                row(Fleet, "", "T1059.004", (1, 1, 1), none, 0.8),
+                row(Fleet, "", "T1110", (6, 2, 1), (Some(5), Some(40)), 0.9),
+            ]
+        );
+        // The tag of epoch 1 replaces a1's row rather than adding one.
+        let a1: Vec<_> = consolidated(&out)
+            .into_iter()
+            .filter(|(r, _, _)| r.scope_kind == Attacker && r.scope_id == "a1" && r.technique_id == "T1110")
+            .collect();
+        let before = row(Attacker, "a1", "T1110", (2, 1, 1), (Some(10), Some(10)), 0.6);
+        let after = row(Attacker, "a1", "T1110", (3, 1, 1), (Some(10), Some(30)), 0.7);
+        assert_eq!(a1, [(before.clone(), 0, 1), (before, 1, -1), (after, 1, 1)]);
+    }
+
+    /// Epoch 0: a1 in i1 (campaign c1), a2 in i2 (campaign c2), a tag anchored on i2.
+    /// Epoch 1: i2 merges into i1. Epoch 2: i2 is unmerged.
+    #[test]
+    fn a_merge_and_an_unmerge_move_counts_between_identities_and_campaigns() {
+        use ScopeKind::*;
+        let merged = vec![attacker("a2", Some("i1")), canonical("i2", Some("i1")), campaign("i2", None)];
+        let unmerged = vec![attacker("a2", Some("i2")), canonical("i2", Some("i2")), campaign("i2", Some("c2"))];
+        let out = run(vec![
+            vec![
+                attacker("a1", Some("i1")),
+                attacker("a2", Some("i2")),
+                canonical("i1", Some("i1")),
+                canonical("i2", Some("i2")),
+                campaign("i1", Some("c1")),
+                campaign("i2", Some("c2")),
+                on(tag(1, "T1110", 0.5, Some(10)), Some("a1"), None, None),
+                on(tag(2, "T1110", 0.6, Some(20)), Some("a2"), None, None),
+                on(tag(3, "T1110", 0.7, Some(30)), Some("a2"), None, None),
+                on(tag(4, "T1110", 0.8, Some(40)), None, Some("i2"), None),
+            ],
+            merged,
+            unmerged,
+        ]);
+        let apart = |kind: ScopeKind, one: &str, two: &str| {
+            vec![
+                row(kind, one, "T1110", (1, 1, 1), (Some(10), Some(10)), 0.5),
+                row(kind, two, "T1110", (3, 1, 1), (Some(20), Some(40)), 0.8),
+            ]
+        };
+        let together = |kind: ScopeKind, id: &str| vec![row(kind, id, "T1110", (4, 2, 1), (Some(10), Some(40)), 0.8)];
+        for (epoch, identities, campaigns) in [
+            (0, apart(Identity, "i1", "i2"), apart(Campaign, "c1", "c2")),
+            (1, together(Identity, "i1"), together(Campaign, "c1")),
+            (2, apart(Identity, "i1", "i2"), apart(Campaign, "c1", "c2")),
+        ] {
+            let rows = at(&out, epoch);
+            assert_eq!(of(&rows, Identity), identities, "identities at {epoch}");
+            assert_eq!(of(&rows, Campaign), campaigns, "campaigns at {epoch}");
+            let fleet_identities = if epoch == 1 { 1 } else { 2 };
+            let fleet = row(Fleet, "", "T1110", (4, 2, fleet_identities), (Some(10), Some(40)), 0.8);
+            assert_eq!(of(&rows, Fleet), [fleet], "fleet at {epoch}");
+            assert_eq!(of(&rows, Attacker).len(), 2, "attacker rows never move");
+        }
+        let identity_updates: Vec<_> =
+            consolidated(&out).into_iter().filter(|(r, _, _)| r.scope_kind == Identity).collect();
+        let [one, two] = <[RollupRow; 2]>::try_from(apart(Identity, "i1", "i2")).unwrap();
+        let [both] = <[RollupRow; 1]>::try_from(together(Identity, "i1")).unwrap();
+        let mut want = vec![
+            (one.clone(), 0, 1),
+            (one.clone(), 1, -1),
+            (one, 2, 1),
+            (two.clone(), 0, 1),
+            (two.clone(), 1, -1),
+            (two, 2, 1),
+            (both.clone(), 1, 1),
+            (both, 2, -1),
+        ];
+        want.sort();
+        assert_eq!(identity_updates, want);
+    }
+
+    /// Epoch 0: a1's intel and other tags, no bump. Epoch 1: a1 is bumped by 0.05.
+    /// Epoch 2: the bump goes away.
+    #[test]
+    fn the_bump_raises_intel_techniques_only_while_it_lasts() {
+        use ScopeKind::*;
+        let out = run(vec![
+            vec![
+                on(intel(tag(1, "T1595", 0.6, None)), Some("a1"), None, None),
+                on(intel(tag(2, "T1071", 0.98, None)), Some("a1"), None, None),
+                on(tag(3, "T1110", 0.6, None), Some("a1"), None, None),
+                on(tag(4, "T1595", 0.62, None), Some("a2"), None, None),
+                on(intel(tag(5, "T1595", 0.5, None)), Some("a2"), None, None),
+            ],
+            vec![bump("a1", Some(50_000))],
+            vec![bump("a1", None)],
+        ]);
+        let confidences = |epoch: Time, kind: ScopeKind| -> Vec<(String, String, f64)> {
+            of(&at(&out, epoch), kind).into_iter().map(|r| (r.scope_id, r.technique_id, r.confidence_max.0)).collect()
+        };
+        let c = |id: &str, t: &str, x: f64| (s(id), s(t), x);
+        let unbumped =
+            vec![c("a1", "T1071", 0.98), c("a1", "T1110", 0.6), c("a1", "T1595", 0.6), c("a2", "T1595", 0.62)];
+        assert_eq!(confidences(0, Attacker), unbumped);
+        assert_eq!(confidences(0, Fleet), [c("", "T1071", 0.98), c("", "T1110", 0.6), c("", "T1595", 0.62)]);
+        let raised_t1595 = raised(Confidence(0.6), 50_000).0;
+        assert_eq!(
+            confidences(1, Attacker),
+            [c("a1", "T1071", 1.0), c("a1", "T1110", 0.6), c("a1", "T1595", raised_t1595), c("a2", "T1595", 0.62)],
+            "intel techniques of a1 only, capped at 1.0"
+        );
+        assert_eq!(confidences(1, Fleet), [c("", "T1071", 1.0), c("", "T1110", 0.6), c("", "T1595", raised_t1595)]);
+        assert_eq!(confidences(2, Attacker), unbumped);
+        assert_eq!(at(&out, 2), at(&out, 0), "everything as before the bump");
+    }
+
+    /// A tiny deterministic PRNG (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick(&mut self, names: &[&'static str]) -> &'static str {
+            names[self.below(names.len())]
+        }
+
+        fn maybe(&mut self, names: &[&'static str]) -> Option<&'static str> {
+            (self.below(3) > 0).then(|| self.pick(names))
+        }
+    }
+
+    const ATTACKERS: &[&str] = &["a0", "a1", "a2", "a3"];
+    const IDENTITIES: &[&str] = &["i0", "i1", "i2"];
+    const CAMPAIGNS: &[&str] = &["c0", "c1"];
+    const SESSIONS: &[&str] = &["s0", "s1", "s2"];
+    const TECHNIQUES: &[&str] = &["T1110", "T1110.001", "T1595"];
+
+    /// The latest reference state, as plain maps.
+    #[derive(Default)]
+    struct Model {
+        tags: Vec<Tag>,
+        attackers: BTreeMap<String, String>,
+        canonical: BTreeMap<String, String>,
+        campaigns: BTreeMap<String, String>,
+        bumps: BTreeMap<String, i64>,
+    }
+
+    impl Model {
+        fn apply(&mut self, op: &Op) {
+            let upsert = |map: &mut BTreeMap<String, String>, key: &String, value: &Option<String>| match value {
+                Some(value) => map.insert(key.clone(), value.clone()),
+                None => map.remove(key),
+            };
+            match op {
+                Op::Tag(tag) => self.tags.push((**tag).clone()),
+                Op::Attacker(key, value) => _ = upsert(&mut self.attackers, key, value),
+                Op::Canonical(key, value) => _ = upsert(&mut self.canonical, key, value),
+                Op::Campaign(key, value) => _ = upsert(&mut self.campaigns, key, value),
+                Op::Bump(key, Some(micros)) => _ = self.bumps.insert(key.clone(), *micros),
+                Op::Bump(key, None) => _ = self.bumps.remove(key),
+            }
+        }
+
+        /// The rollups recomputed from every tag so far, tag by tag.
+        fn expected(&self) -> BTreeSet<RollupRow> {
+            #[derive(Default)]
+            struct Acc {
+                tags: i64,
+                attackers: BTreeSet<String>,
+                identities: BTreeSet<String>,
+                first: Option<i64>,
+                last: Option<i64>,
+                confidence: Option<Confidence>,
+            }
+            let mut accs: BTreeMap<(ScopeKind, String, String, String, String), Acc> = BTreeMap::new();
+            for tag in &self.tags {
+                let identity = match (&tag.attacker_uuid, &tag.identity_uuid) {
+                    (Some(a), _) => self.attackers.get(a).cloned(),
+                    (None, Some(i)) => Some(self.canonical.get(i).unwrap_or(i).clone()),
+                    (None, None) => None,
+                };
+                let campaign = identity.as_ref().and_then(|i| self.campaigns.get(i)).cloned();
+                let bump = tag.attacker_uuid.as_ref().and_then(|a| self.bumps.get(a));
+                let confidence = match bump {
+                    Some(micros) if tag.source_kind == INTEL_SOURCE => raised(tag.confidence, *micros),
+                    _ => tag.confidence,
+                };
+                let mut scopes = vec![(ScopeKind::Fleet, String::new())];
+                scopes.extend(tag.attacker_uuid.clone().map(|a| (ScopeKind::Attacker, a)));
+                scopes.extend(identity.clone().map(|i| (ScopeKind::Identity, i)));
+                scopes.extend(campaign.map(|c| (ScopeKind::Campaign, c)));
+                scopes.extend(tag.session_id.clone().map(|s| (ScopeKind::Session, s)));
+                for (kind, id) in scopes {
+                    let sub = tag.sub_technique_id.clone().unwrap_or_default();
+                    let key = (kind, id, tag.technique_id.clone(), sub, tag.tactic.clone());
+                    let acc = accs.entry(key).or_default();
+                    acc.tags += 1;
+                    acc.attackers.extend(tag.attacker_uuid.clone());
+                    acc.identities.extend(identity.clone());
+                    if let Some(t) = tag.observed_at {
+                        acc.first = Some(acc.first.map_or(t, |f| f.min(t)));
+                        acc.last = Some(acc.last.map_or(t, |l| l.max(t)));
+                    }
+                    acc.confidence = acc.confidence.max(Some(confidence));
+                }
+            }
+            accs.into_iter()
+                .map(|((scope_kind, scope_id, technique_id, sub_technique_id, tactic), acc)| RollupRow {
+                    scope_kind,
+                    scope_id,
+                    technique_id,
+                    sub_technique_id,
+                    tactic,
+                    tag_count: acc.tags,
+                    attacker_count: acc.attackers.len() as i64,
+                    identity_count: acc.identities.len() as i64,
+                    first_seen: acc.first,
+                    last_seen: acc.last,
+                    confidence_max: acc.confidence.expect("a key has a tag"),
+                })
+                .collect()
+        }
+    }
+
+    fn random_op(rng: &mut Rng, n: u64) -> Op {
+        match rng.below(10) {
+            0..=4 => {
+                let technique = rng.pick(TECHNIQUES);
+                let confidence = [0.3, 0.5, 0.75, 0.97][rng.below(4)];
+                let observed_at = (rng.below(4) > 0).then(|| rng.below(100) as i64);
+                let mut t = tag(n, technique, confidence, observed_at);
+                if rng.below(3) == 0 {
+                    t = intel(t);
+                }
+                let (a, i) = match rng.below(4) {
+                    0 | 1 => (Some(rng.pick(ATTACKERS)), rng.maybe(IDENTITIES)),
+                    2 => (None, Some(rng.pick(IDENTITIES))),
+                    _ => (None, None),
+                };
+                on(t, a, i, rng.maybe(SESSIONS))
+            }
+            // Merges and unmerges: attackers move between canonical identities, and
+            // identities between canonical identities.
+            5 => attacker(rng.pick(ATTACKERS), rng.maybe(IDENTITIES)),
+            6 => canonical(rng.pick(IDENTITIES), rng.maybe(IDENTITIES)),
+            7 => campaign(rng.pick(IDENTITIES), rng.maybe(CAMPAIGNS)),
+            _ => bump(rng.pick(ATTACKERS), rng.maybe(&["x"]).map(|_| [30_000, 50_000][rng.below(2)])),
+        }
+    }
+
+    /// Random tags, reference changes and bumps in random epochs: after every epoch the
+    /// rollups equal a recomputation over the tags so far and the latest references.
+    #[test]
+    fn matches_a_recomputation_after_every_epoch() {
+        const EPOCHS: usize = 5;
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let (mut moves, mut bumped) = (0, 0);
+        for case in 0..60 {
+            let mut batches: Vec<Vec<Op>> = vec![Vec::new(); EPOCHS];
+            for n in 0..(8 + rng.below(30) as u64) {
+                let op = random_op(&mut rng, n);
+                batches[rng.below(EPOCHS)].push(op);
+            }
+            let out = run(batches.clone());
+            let mut model = Model::default();
+            for (epoch, ops) in batches.iter().enumerate() {
+                for op in ops {
+                    model.apply(op);
+                }
+                let want = model.expected();
+                assert_eq!(at(&out, epoch as Time), want, "case {case}, epoch {epoch}, batches {batches:#?}");
+                bumped += usize::from(!model.bumps.is_empty() && want.iter().any(|r| r.confidence_max.0 > 0.97));
+            }
+            let retracted: BTreeSet<_> = consolidated(&out)
+                .into_iter()
+                .filter(|(r, _, d)| *d < 0 && matches!(r.scope_kind, ScopeKind::Identity | ScopeKind::Campaign))
+                .map(|(r, _, _)| (r.scope_kind, r.scope_id))
+                .collect();
+            moves += usize::from(!retracted.is_empty());
+        }
+        assert!(moves > 20 && bumped > 10, "the cases must move scopes and bump: {moves} {bumped}");
+    }
+}
