@@ -19,7 +19,8 @@
 //! * fleet — every tag, scope id `""`.
 //!
 //! Numbers: `tag_count`; `attacker_count` and `identity_count`, the distinct attackers and
-//! canonical identities among the key's tags; `first_seen` / `last_seen`, the least and
+//! canonical identities among the key's tags (an identity-anchored tag has no attacker,
+//! an attacker not attached to an identity has no identity); `first_seen` / `last_seen`, the least and
 //! greatest `observed_at` (a tag without event time counts but moves neither; both stay
 //! `None` while no tag of the key has one); `confidence_max`, the greatest tag confidence,
 //! where an intel tag (`source_kind` `intel`) of an attacker with a bump counts raised by
@@ -35,15 +36,20 @@
 //! (3) One reduce per rollup key combines the aggregates of its sources. A merge or an
 //! unmerge, a campaign move or a bump change thus retracts and re-inserts source
 //! aggregates, and the reduce re-combines those of the keys they touch: its input is one
-//! aggregate per source (attacker or identity, and session), not one per tag.
+//! aggregate per source (attacker or identity, and session), not one per tag. The price
+//! is that a key is re-combined from all its sources when one changes: a fleet key holds
+//! one aggregate per anchor with that technique.
 //!
-//! Arrangements: the source aggregates (`rollup: sources`), the bumps per attacker, the
-//! sources by attacker, by identity and by canonical identity, the reference maps by
-//! their keys, and the rollup keys with their sources. State: one aggregate per source,
-//! the reference maps, and per rollup key its sources' aggregates. No dead letters.
+//! Arrangements: the source aggregates (`rollup: sources`), the bump amounts and the bump
+//! per attacker, the sources by attacker (twice: for the bumps, then the identities), the
+//! identity-anchored sources by identity, the resolved sources by canonical identity, the
+//! three reference maps by their keys, and the rollup keys with their sources
+//! (`rollup: combine`). State: one aggregate per source, the reference maps, and per
+//! rollup key one aggregate per source. No dead letters: every tag has a fleet row.
 
 use differential_dataflow::difference::{IsZero, Semigroup};
 use differential_dataflow::operators::CountTotal;
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Map;
@@ -127,7 +133,7 @@ struct Source {
 
 /// The accumulated tags of one source: the semigroup difference of the source arrangement.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Agg {
+struct Agg {
     tags: i64,
     first_seen: Option<i64>,
     last_seen: Option<i64>,
@@ -270,8 +276,15 @@ pub fn rollup<'s>(
     // One bump per attacker: the largest, should the state ever hold two.
     let bumps = bumps
         .map(|(attacker, bump)| (attacker, bump.amount_micros))
-        .reduce_named("rollup: bump per attacker", |_, amounts, out| out.push((*amounts[amounts.len() - 1].0, 1)))
-        .arrange_by_key_named("rollup: bumps");
+        .arrange_by_key_named("rollup: bump amounts")
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<String, i64, Time, Diff>, _, _>(
+            "rollup: bump per attacker",
+            |_, amounts, out| out.push((*amounts[amounts.len() - 1].0, 1)),
+            |buffer, attacker, updates| {
+                buffer.clear();
+                buffer.extend(updates.drain(..).map(|(v, t, r)| ((attacker.clone(), v), t, r)));
+            },
+        );
     let attacker_parts = left_join(by_attacker, bumps, "rollup: sources by attacker")
         .map(|(attacker, ((session, technique, agg), bump))| (attacker, part(session, technique, &agg, bump)));
 
@@ -804,6 +817,94 @@ mod tests {
         assert_eq!(confidences(1, Fleet), [c("", "T1071", 1.0), c("", "T1110", 0.6), c("", "T1595", raised_t1595)]);
         assert_eq!(confidences(2, Attacker), unbumped);
         assert_eq!(at(&out, 2), at(&out, 0), "everything as before the bump");
+    }
+
+    /// The stage over the identity stage: rows in epoch 0, `identity.merged` (i2 into i1)
+    /// in epoch 1, `identity.unmerged` (i2) in epoch 2.
+    #[test]
+    fn the_stage_follows_merge_and_unmerge_events_of_the_identity_stage() {
+        use crate::record::{AttackerRow, Event, Table, TableRow, TableUpdate};
+        let obj = |fields: &[(&str, Option<&str>)]| {
+            Json::Obj(fields.iter().map(|(k, v)| (s(k), v.map_or(Json::Null, |v| Json::Str(s(v))))).collect())
+        };
+        let identity_row = move |offset: u64, uuid: &str, campaign: &str| TableUpdate {
+            pos: Pos { input: 1, offset },
+            table: Table::Identities,
+            key: s(uuid),
+            row: Some(TableRow::Other(obj(&[
+                ("uuid", Some(uuid)),
+                ("campaign_id", Some(campaign)),
+                ("merged_into_uuid", None),
+            ]))),
+        };
+        let attacker_row = |offset: u64, uuid: &str, identity: &str| TableUpdate {
+            pos: Pos { input: 1, offset },
+            table: Table::Attackers,
+            key: s(uuid),
+            row: Some(TableRow::Attacker(AttackerRow { uuid: s(uuid), ip: None, identity_id: Some(s(identity)) })),
+        };
+        let event = move |offset: u64, topic: &str, fields: &[(&str, Option<&str>)]| Event {
+            pos: Pos { input: 2, offset },
+            topic: s(topic),
+            event_type: String::new(),
+            source_kind: None,
+            event_time: None,
+            payload: Arc::new(obj(fields)),
+        };
+        let tagged = |n: u64, a: &str| {
+            let mut t = tag(n, "T1110", 0.5, Some(n as i64));
+            t.attacker_uuid = Some(s(a));
+            t
+        };
+        let captured: Captured<RollupRow> = Arc::default();
+        let sink = Arc::clone(&captured);
+        timely::execute_directly(move |worker| {
+            let (mut tables, mut events, mut tags) = worker.dataflow::<Time, _, _>(|scope| {
+                let (tables_in, tables) = scope.new_collection::<TableUpdate, Diff>();
+                let (events_in, events) = scope.new_collection::<Event, Diff>();
+                let (tags_in, tags) = scope.new_collection::<Tag, Diff>();
+                let (_, bumps) = scope.new_collection::<(String, Bump), Diff>();
+                let refs = crate::identity::stage(tables, events);
+                stage(tags, &refs, bumps).inspect(move |x| sink.lock().unwrap().push(x.clone()));
+                (tables_in, events_in, tags_in)
+            });
+            tables.insert(identity_row(0, "i1", "c1"));
+            tables.insert(identity_row(1, "i2", "c2"));
+            tables.insert(attacker_row(2, "a1", "i1"));
+            tables.insert(attacker_row(3, "a2", "i2"));
+            tags.insert(tagged(1, "a1"));
+            tags.insert(tagged(2, "a2"));
+            tags.insert(tagged(3, "a2"));
+            for (epoch, (topic, fields)) in [
+                ("identity.merged", [("winner_uuid", Some("i1")), ("loser_uuid", Some("i2"))]),
+                ("identity.unmerged", [("loser_uuid", Some("i2")), ("attacker_ip", None)]),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let epoch = epoch as Time + 1;
+                tables.advance_to(epoch);
+                events.advance_to(epoch);
+                tags.advance_to(epoch);
+                events.insert(event(epoch, topic, &fields));
+            }
+        });
+        let scopes = |epoch: Time| -> Vec<(ScopeKind, String, i64, i64)> {
+            at(&captured, epoch)
+                .into_iter()
+                .filter(|r| matches!(r.scope_kind, ScopeKind::Identity | ScopeKind::Campaign))
+                .map(|r| (r.scope_kind, r.scope_id, r.tag_count, r.attacker_count))
+                .collect()
+        };
+        let apart = vec![
+            (ScopeKind::Identity, s("i1"), 1, 1),
+            (ScopeKind::Identity, s("i2"), 2, 1),
+            (ScopeKind::Campaign, s("c1"), 1, 1),
+            (ScopeKind::Campaign, s("c2"), 2, 1),
+        ];
+        assert_eq!(scopes(0), apart);
+        assert_eq!(scopes(1), [(ScopeKind::Identity, s("i1"), 3, 2), (ScopeKind::Campaign, s("c1"), 3, 2)]);
+        assert_eq!(scopes(2), apart, "the unmerge moves i2's contribution back");
     }
 
     /// A tiny deterministic PRNG (xorshift64*).
