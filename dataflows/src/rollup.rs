@@ -20,11 +20,11 @@
 //!
 //! Numbers: `tag_count`; `attacker_count` and `identity_count`, the distinct attackers and
 //! canonical identities among the key's tags (an identity-anchored tag has no attacker,
-//! an attacker not attached to an identity has no identity); `first_seen` / `last_seen`, the least and
-//! greatest `observed_at` (a tag without event time counts but moves neither; both stay
-//! `None` while no tag of the key has one); `confidence_max`, the greatest tag confidence,
-//! where an intel tag (`source_kind` `intel`) of an attacker with a bump counts raised by
-//! the bump amount, capped at 1.0, for as long as the bump lasts.
+//! an attacker not attached to an identity has no identity); `first_seen` / `last_seen`,
+//! the least and greatest `observed_at` (a tag without event time counts but moves
+//! neither; both stay `None` while no tag of the key has one); `confidence_max`, the
+//! greatest tag confidence, where an intel tag (`source_kind` `intel`) of an attacker with
+//! a bump counts raised by the bump amount, capped at 1.0, for as long as the bump lasts.
 //!
 //! Accumulators, so that no operator re-reads the tags of a scope: (1) every tag becomes
 //! an [`Agg`] difference (count, least and greatest event time, greatest confidence of
@@ -41,10 +41,10 @@
 //! one aggregate per anchor with that technique.
 //!
 //! Arrangements: the source aggregates (`rollup: sources`), the bump amounts and the bump
-//! per attacker, the sources by attacker (twice: for the bumps, then the identities), the
-//! identity-anchored sources by identity, the resolved sources by canonical identity, the
-//! three reference maps by their keys, and the rollup keys with their sources
-//! (`rollup: combine`). State: one aggregate per source, the reference maps, and per
+//! per attacker, the attacker sources by attacker (those with intel tags for the bumps,
+//! then all for the identities), the identity-anchored sources by identity, the resolved
+//! sources by canonical identity, the three reference maps by their keys, and the rollup
+//! keys with their sources (`rollup: combine`). State: one aggregate per source, the reference maps, and per
 //! rollup key one aggregate per source. No dead letters: every tag has a fleet row.
 
 use differential_dataflow::difference::{IsZero, Semigroup};
@@ -285,8 +285,14 @@ pub fn rollup<'s>(
                 buffer.extend(updates.drain(..).map(|(v, t, r)| ((attacker.clone(), v), t, r)));
             },
         );
-    let attacker_parts = left_join(by_attacker, bumps, "rollup: sources by attacker")
-        .map(|(attacker, ((session, technique, agg), bump))| (attacker, part(session, technique, &agg, bump)));
+    // Only sources with intel tags meet the bumps, so a bump change leaves the others be.
+    let intel_sources = by_attacker.clone().filter(|(_, (_, _, agg))| agg.intel_confidence.is_some());
+    let other_sources = by_attacker.filter(|(_, (_, _, agg))| agg.intel_confidence.is_none());
+    let attacker_parts = left_join(intel_sources, bumps, "rollup: intel sources by attacker")
+        .map(|(attacker, ((session, technique, agg), bump))| (attacker, part(session, technique, &agg, bump)))
+        .concat(
+            other_sources.map(|(attacker, (session, technique, agg))| (attacker, part(session, technique, &agg, None))),
+        );
 
     let attacker_identity = attacker_identity.arrange_by_key_named("rollup: attacker identities");
     let attackers = left_join(attacker_parts, attacker_identity, "rollup: attacker parts by attacker");
