@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// project's tables, built in.
     #[arg(long)]
     pub intel_dir: Option<PathBuf>,
+    /// PostgreSQL connection string (URL or key=value pairs): commit the tags and the
+    /// progress of the inputs per epoch, resuming after what is stored.
+    #[arg(long, env = "TTPFLOW_POSTGRES", hide_env_values = true)]
+    pub postgres: Option<String>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -105,11 +109,21 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         epoch_records: args.epoch_records,
         pack: Arc::new(loaded.pack),
         artifacts_dir: args.artifacts_dir,
+        postgres: args.postgres,
     })?;
     let artifacts =
         if with_artifacts { format!(" artifacts_missing={}", summary.artifacts_missing) } else { String::new() };
+    let postgres = summary.postgres.map_or(String::new(), |pg| {
+        format!(
+            " epochs_committed={} epochs_skipped={} rows_inserted={} sink_rows_per_s={:.0}",
+            pg.epochs_committed,
+            pg.epochs_skipped,
+            pg.rows_inserted,
+            pg.rows_sent as f64 / pg.elapsed.as_secs_f64().max(1e-9)
+        )
+    });
     println!(
-        "records={} tags={} dead_letters={}{artifacts} elapsed_s={:.3} records_per_s={:.0}",
+        "records={} tags={} dead_letters={}{artifacts}{postgres} elapsed_s={:.3} records_per_s={:.0}",
         summary.records,
         summary.tags,
         summary.dead_letters,

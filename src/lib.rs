@@ -8,5 +8,6 @@ pub mod artifacts;
 pub mod cli;
 pub mod files;
 pub mod intel_tables;
+pub mod postgres;
 pub mod rules;
 pub mod runtime;

@@ -6,13 +6,14 @@
 //! finished all but the previous one (backpressure). Sinks collect on worker 0 and
 //! write each epoch once it is complete, sorted by input position, so the files do not
 //! depend on the number of workers. Events still unanchored when the input ends become
-//! dead letters (`unanchored`).
+//! dead letters (`unanchored`). With a PostgreSQL sink, worker 0 also commits each
+//! complete epoch's tags with the progress of every input ([`crate::postgres`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use differential_dataflow::input::Input;
@@ -26,6 +27,7 @@ use ttpflow_dataflows::rules::RulePack;
 use ttpflow_dataflows::types::{Coll, Diff, Time};
 
 use crate::files::{dead_letter_json, tag_json, FileError, JsonlWriter, LineSource};
+use crate::postgres::{PostgresError, Sink, SinkStats};
 
 /// Options of an embedded run.
 #[derive(Clone)]
@@ -37,6 +39,8 @@ pub struct RunOptions {
     pub pack: Arc<RulePack>,
     /// DECNET's artifacts directory, from which email bodies missing from payloads are read.
     pub artifacts_dir: Option<PathBuf>,
+    /// PostgreSQL connection string: commit tags and progress there too, per epoch.
+    pub postgres: Option<String>,
 }
 
 /// What a run did.
@@ -47,6 +51,8 @@ pub struct Summary {
     pub dead_letters: u64,
     /// Emails whose stored body could not be read from the artifacts directory.
     pub artifacts_missing: u64,
+    /// What the PostgreSQL sink did, when there is one.
+    pub postgres: Option<SinkStats>,
     pub elapsed: Duration,
 }
 
@@ -67,6 +73,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     File(#[from] FileError),
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
     #[error("timely workers failed: {0}")]
     Workers(String),
 }
@@ -88,13 +96,32 @@ impl Writers {
     }
 }
 
+/// The PostgreSQL sink on worker 0, with the end positions of the epochs read so far.
+struct Committer {
+    sink: Sink,
+    /// Per epoch, the next offset of every input after the epoch's last record.
+    ends: BTreeMap<Time, Vec<u64>>,
+    error: Option<PostgresError>,
+}
+
 /// Runs the graph over file inputs until they are exhausted.
 pub fn run_files(options: RunOptions) -> Result<Summary, RunError> {
     let started = Instant::now();
     std::fs::create_dir_all(&options.out).map_err(|source| RunError::OutputDir { dir: options.out.clone(), source })?;
     let artifacts_dir = options.artifacts_dir.clone();
+    // Connect, migrate and read the progress before the workers start, so that a failure
+    // stops the run before any worker has built its dataflow.
+    let sink = match &options.postgres {
+        Some(url) => Some(Sink::open(url, &options.inputs, options.epoch_records.max(1))?),
+        None => None,
+    };
+    let sink = Mutex::new(sink);
     let config = timely::Config::process(options.workers.max(1));
-    let guards = timely::execute(config, move |worker| run_worker(worker, &options)).map_err(RunError::Workers)?;
+    let guards = timely::execute(config, move |worker| {
+        let sink = if worker.index() == 0 { sink.lock().ok().and_then(|mut s| s.take()) } else { None };
+        run_worker(worker, &options, sink)
+    })
+    .map_err(RunError::Workers)?;
     let mut summary = Summary::default();
     for result in guards.join() {
         let part = result.map_err(RunError::Workers)??;
@@ -102,6 +129,7 @@ pub fn run_files(options: RunOptions) -> Result<Summary, RunError> {
         summary.tags += part.tags;
         summary.dead_letters += part.dead_letters;
         summary.artifacts_missing += part.artifacts_missing;
+        summary.postgres = summary.postgres.or(part.postgres);
     }
     if let Some(dir) = artifacts_dir.filter(|_| summary.artifacts_missing > 0) {
         tracing::warn!(
@@ -114,8 +142,13 @@ pub fn run_files(options: RunOptions) -> Result<Summary, RunError> {
     Ok(summary)
 }
 
-fn run_worker(worker: &mut timely::worker::Worker, options: &RunOptions) -> Result<Summary, RunError> {
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    options: &RunOptions,
+    sink: Option<Sink>,
+) -> Result<Summary, RunError> {
     let index = worker.index();
+    let committer = sink.map(|sink| Rc::new(RefCell::new(Committer { sink, ends: BTreeMap::new(), error: None })));
     let writers = match index {
         0 => Some(Rc::new(RefCell::new(Writers {
             tags: JsonlWriter::create(options.out.join("tags.jsonl"))?,
@@ -131,7 +164,11 @@ fn run_worker(worker: &mut timely::worker::Worker, options: &RunOptions) -> Resu
         let (input, records) = scope.new_collection::<Line, Diff>();
         let records = records.inner.exchange(|(line, _, _): &(Line, Time, Diff)| line.pos.offset).as_collection();
         let outputs = ttpflow_dataflows::build(records, pack);
-        write_tags(outputs.tags.probe_with(&probe), writers.clone());
+        let tags = outputs.tags.probe_with(&probe);
+        if options.postgres.is_some() {
+            commit_tags(tags.clone(), committer.clone());
+        }
+        write_tags(tags, writers.clone());
         write_dead_letters(outputs.dead_letters.probe_with(&probe), writers.clone(), inputs.clone());
         write_unanchored(outputs.pending.probe_with(&probe), writers.clone(), inputs);
         input
@@ -141,10 +178,19 @@ fn run_worker(worker: &mut timely::worker::Worker, options: &RunOptions) -> Resu
     if index == 0 {
         let mut source = LineSource::new(options.inputs.clone()).with_artifacts(options.artifacts_dir.clone());
         let epoch_records = options.epoch_records.max(1);
+        let mut next = vec![0u64; options.inputs.len()];
         while let Some(line) = source.next_line()? {
+            next[line.pos.input as usize] = line.pos.offset + 1;
             input.insert(line);
             records += 1;
             if records % epoch_records == 0 {
+                if let Some(committer) = &committer {
+                    let mut committer = committer.borrow_mut();
+                    committer.ends.insert(*input.time(), next.clone());
+                    if committer.error.is_some() {
+                        break;
+                    }
+                }
                 let epoch = *input.time() + 1;
                 input.advance_to(epoch);
                 input.flush();
@@ -152,12 +198,27 @@ fn run_worker(worker: &mut timely::worker::Worker, options: &RunOptions) -> Resu
             }
         }
         artifacts_missing = source.artifacts_missing();
+        if let Some(committer) = &committer {
+            committer.borrow_mut().ends.insert(*input.time(), next);
+        }
     }
     drop(input);
     while worker.has_dataflows() {
         worker.step_or_park(None);
     }
 
+    let postgres = match committer {
+        Some(committer) => {
+            let committer = Rc::try_unwrap(committer)
+                .map_err(|_| RunError::Workers("postgres sink still in use after the dataflow ended".to_string()))?
+                .into_inner();
+            if let Some(e) = committer.error {
+                return Err(e.into());
+            }
+            Some(committer.sink.stats())
+        }
+        None => None,
+    };
     let Some(writers) = writers else { return Ok(Summary::default()) };
     let Writers { tags, dead_letters, error } = Rc::try_unwrap(writers)
         .map_err(|_| RunError::Workers("output files still in use after the dataflow ended".to_string()))?
@@ -170,6 +231,7 @@ fn run_worker(worker: &mut timely::worker::Worker, options: &RunOptions) -> Resu
         tags: tags.finish()?,
         dead_letters: dead_letters.finish()?,
         artifacts_missing,
+        postgres,
         elapsed: Duration::ZERO,
     })
 }
@@ -201,6 +263,40 @@ fn on_worker_zero<D: timely::ExchangeData + Ord>(
         if frontier.frontier().is_empty() && !finished {
             finished = true;
             input_done();
+        }
+    });
+}
+
+/// Commits each complete epoch to PostgreSQL, in epoch order, with the epoch's end
+/// positions, also when the epoch has no tags (its progress still moves).
+fn commit_tags(tags: Coll<'_, Tag>, committer: Option<Rc<RefCell<Committer>>>) {
+    let mut stash: BTreeMap<Time, Vec<Tag>> = BTreeMap::new();
+    let mut finished = false;
+    tags.inner.sink(ExchangePact::new(|_: &(Tag, Time, Diff)| 0u64), "commit to postgres", move |(input, frontier)| {
+        input.for_each(|_cap, data| {
+            // Stored rows are never updated: only additions are committed.
+            for (tag, t, _) in data.drain(..).filter(|(_, _, r)| *r > 0) {
+                stash.entry(t).or_default().push(tag);
+            }
+        });
+        let Some(committer) = &committer else { return };
+        let mut committer = committer.borrow_mut();
+        let committer = &mut *committer;
+        while let Some(entry) = committer.ends.first_entry() {
+            if frontier.frontier().less_equal(entry.key()) {
+                break;
+            }
+            let (time, end) = entry.remove_entry();
+            let batch = stash.remove(&time).unwrap_or_default();
+            if committer.error.is_none() {
+                committer.error = committer.sink.epoch(&end, &batch).err();
+            }
+        }
+        if frontier.frontier().is_empty() && !finished {
+            finished = true;
+            if committer.error.is_none() {
+                committer.error = committer.sink.finish().err();
+            }
         }
     });
 }

@@ -67,6 +67,7 @@ pub fn run_with_artifacts(
         epoch_records,
         pack: Arc::new(loaded.pack),
         artifacts_dir: artifacts_dir.map(Path::to_path_buf),
+        postgres: None,
     })
     .expect("run succeeds");
     let (tags_text, tags) = read_jsonl(&dir.path().join("tags.jsonl"));

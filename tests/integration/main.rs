@@ -3,6 +3,7 @@
 mod artifacts;
 mod common;
 mod pipeline;
+mod postgres;
 mod regression;
 mod rules_pack;
 mod schemas;

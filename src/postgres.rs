@@ -1,0 +1,484 @@
+//! The PostgreSQL sink: stored tags and the job's progress, one transaction per epoch
+//! (DESIGN §1.5, §2.10).
+//!
+//! # Migrations
+//!
+//! The numbered files `schemas/NNN_*.sql` are built into the binary and applied at start in
+//! one transaction, each once: `ttpflow_migrations` records the versions applied, and the
+//! table is locked while the job looks at it, so two jobs starting together do not both apply
+//! a file.
+//!
+//! # Exactly-once in effect
+//!
+//! Worker 0 cuts the inputs into epochs of `--epoch-records` records, so the epochs of a file
+//! run are a function of the inputs and the epoch size alone: the same inputs and the same
+//! size give the same boundaries, whatever the number of workers. The graph is deterministic,
+//! so the tags that come out complete at epoch `t` are a function of the records of epochs
+//! `0..=t`, and the same for every run over the same inputs.
+//!
+//! When an epoch is complete, worker 0 commits, in one transaction, that epoch's new tags
+//! (`ON CONFLICT (uuid) DO NOTHING`) and, for every input, the next offset after the epoch's
+//! last record of that input. A crash therefore leaves the database at the end of some epoch
+//! `k`: the tags of epochs `0..=k` and the progress of epoch `k`, never a part of an epoch.
+//!
+//! On start the job reads that progress back. It cannot start reading at the stored
+//! offsets, because the graph's state (attackers, identities, pending events, windows, the
+//! set of tags already stored) is built from everything before them and lives only in
+//! memory. So it reads every input from the start again and rebuilds that state, and the
+//! sink skips every epoch whose end positions are all at or before the stored progress: those
+//! are exactly the epochs `0..=k`, whose tags are in the table already, so nothing is
+//! re-inserted and nothing is counted twice. From epoch `k + 1` on it commits as an
+//! uninterrupted run would, with the same tags, since the state it reached at the end of `k`
+//! is the same. The tables after any number of crashes and restarts are thus those of one
+//! run without crashes. (`ON CONFLICT DO NOTHING` would absorb a replayed tag anyway; the
+//! skipping is what keeps the progress and anything counted per epoch right.)
+//!
+//! This rests on the stored progress falling on an epoch boundary of the new run. With
+//! another `--epoch-records` it may not: the stored offsets can fall inside one of the new
+//! epochs, and committing that epoch would store again the part of it that was committed,
+//! while skipping it would lose the rest. The epoch size of the last committing run is
+//! therefore kept in `ttp_job`, and a run whose epochs do not pass exactly through the stored
+//! progress refuses to start committing, with an error naming both sizes. When they do (a
+//! finished run, or sizes that divide evenly) the new size is fine and is stored. Stored
+//! progress for an input this run does not read, or beyond the end of the inputs, is refused
+//! the same way: the state it was reached with cannot be rebuilt.
+//!
+//! # Errors
+//!
+//! Failures of the connection or of the server's resources are transient: a commit is
+//! retried with backoff on a new connection, the transaction having rolled back. Everything
+//! else (a rejected statement, a progress that does not fit this run) is fatal and stops the
+//! job; its restart resumes from the last committed epoch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime};
+
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
+use postgres::{Client, NoTls};
+use ttpflow_dataflows::record::Tag;
+
+/// A numbered migration, built into the binary.
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "001_ttp_tag", sql: include_str!("../schemas/001_ttp_tag.sql") },
+    Migration { version: 2, name: "002_progress", sql: include_str!("../schemas/002_progress.sql") },
+];
+
+/// The job's row in `ttp_job` (the embedded job is the only one so far).
+const JOB: &str = "embedded";
+
+/// Attempts of a commit that fails transiently.
+const COMMIT_ATTEMPTS: u32 = 6;
+
+/// Errors of the PostgreSQL sink.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    #[error("invalid PostgreSQL connection string")]
+    Url(#[source] postgres::Error),
+    #[error("failed to connect to PostgreSQL")]
+    Connect(#[source] postgres::Error),
+    #[error("failed to apply migration \"{name}\"")]
+    Migrate {
+        name: &'static str,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error("failed to read the stored progress")]
+    ReadProgress(#[source] postgres::Error),
+    #[error("failed to commit epoch {epoch}")]
+    Commit {
+        epoch: u64,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error("tag \"{uuid}\" has rule_version {version}, which does not fit an integer column")]
+    RuleVersion { uuid: String, version: i64 },
+    #[error("input \"{0}\" is given twice; progress is stored per input name")]
+    DuplicateInput(String),
+    #[error("stored progress names input \"{0}\", which this run does not read")]
+    ForeignInput(String),
+    #[error(
+        "stored progress ({stored}) is not on an epoch boundary of this run (--epoch-records {epoch_records}; \
+         the progress was stored with {stored_epoch_records}): rerun with the stored epoch size"
+    )]
+    NotOnBoundary { stored: String, epoch_records: u64, stored_epoch_records: String },
+    #[error("stored progress ({stored}) is beyond the end of the inputs ({end})")]
+    BeyondInput { stored: String, end: String },
+}
+
+impl PostgresError {
+    /// Whether retrying (on a new connection, after a pause) may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PostgresError::Connect(e)
+            | PostgresError::Migrate { source: e, .. }
+            | PostgresError::ReadProgress(e)
+            | PostgresError::Commit { source: e, .. } => is_transient(e),
+            PostgresError::Url(_)
+            | PostgresError::RuleVersion { .. }
+            | PostgresError::DuplicateInput(_)
+            | PostgresError::ForeignInput(_)
+            | PostgresError::NotOnBoundary { .. }
+            | PostgresError::BeyondInput { .. } => false,
+        }
+    }
+}
+
+/// Connection failures, and the server's classes for them, resource shortage, operator
+/// intervention and serialization failures.
+fn is_transient(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => ["08", "40", "53", "57P"].iter().any(|class| code.code().starts_with(class)),
+        // Not an answer of the server: I/O, a dropped connection, a timeout.
+        None => e.as_db_error().is_none(),
+    }
+}
+
+/// Connects to `url` (a `postgres://` URL or `key=value` pairs).
+pub fn connect(url: &str) -> Result<Client, PostgresError> {
+    let mut config = postgres::Config::from_str(url).map_err(PostgresError::Url)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    config.connect(NoTls).map_err(PostgresError::Connect)
+}
+
+/// Applies the migrations not applied yet, in one transaction; returns their versions.
+pub fn migrate(client: &mut Client) -> Result<Vec<i32>, PostgresError> {
+    let bookkeeping = |source| PostgresError::Migrate { name: "ttpflow_migrations", source };
+    let mut tx = client.transaction().map_err(bookkeeping)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS ttpflow_migrations (
+             version integer PRIMARY KEY,
+             name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );
+         LOCK TABLE ttpflow_migrations IN SHARE ROW EXCLUSIVE MODE",
+    )
+    .map_err(bookkeeping)?;
+    let applied: BTreeSet<i32> = tx
+        .query("SELECT version FROM ttpflow_migrations", &[])
+        .map_err(bookkeeping)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut new = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        let failed = |source| PostgresError::Migrate { name: m.name, source };
+        tx.batch_execute(m.sql).map_err(failed)?;
+        tx.execute("INSERT INTO ttpflow_migrations (version, name) VALUES ($1, $2)", &[&m.version, &m.name])
+            .map_err(failed)?;
+        new.push(m.version);
+    }
+    tx.commit().map_err(bookkeeping)?;
+    Ok(new)
+}
+
+/// What a previous run committed: next offsets by input name, and its epoch size.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredProgress {
+    pub offsets: BTreeMap<String, u64>,
+    pub epoch_records: Option<u64>,
+}
+
+/// Reads the stored progress (partition 0 of every input).
+pub fn read_progress(client: &mut Client) -> Result<StoredProgress, PostgresError> {
+    let offsets = client
+        .query("SELECT input, next_offset FROM ttp_progress WHERE partition = 0", &[])
+        .map_err(PostgresError::ReadProgress)?
+        .iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1).max(0) as u64))
+        .collect();
+    let epoch_records = client
+        .query_opt("SELECT epoch_records FROM ttp_job WHERE job = $1", &[&JOB])
+        .map_err(PostgresError::ReadProgress)?
+        .map(|row| row.get::<_, i64>(0).max(0) as u64);
+    Ok(StoredProgress { offsets, epoch_records })
+}
+
+/// What the sink did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    pub epochs_committed: u64,
+    pub epochs_skipped: u64,
+    /// Tag rows new to `ttp_tag`.
+    pub rows_inserted: u64,
+    /// Tag rows sent (new or already stored).
+    pub rows_sent: u64,
+    /// Time spent committing.
+    pub elapsed: Duration,
+}
+
+/// The sink of one run: commits each complete epoch, skipping those already committed.
+pub struct Sink {
+    url: String,
+    client: Option<Client>,
+    inputs: Vec<String>,
+    epoch_records: u64,
+    stored: StoredProgress,
+    /// The stored offsets, in the order of `inputs`.
+    stored_ends: Vec<u64>,
+    /// The end positions of the last epoch seen.
+    last_end: Vec<u64>,
+    /// Whether an epoch past the stored progress was reached (and the boundary checked).
+    resumed: bool,
+    epoch: u64,
+    stats: SinkStats,
+}
+
+impl Sink {
+    /// Connects, applies the migrations and reads the stored progress for a run over `inputs`
+    /// (named by their paths as given) in epochs of `epoch_records`.
+    pub fn open(url: &str, inputs: &[PathBuf], epoch_records: u64) -> Result<Sink, PostgresError> {
+        let inputs: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+        let mut seen = BTreeSet::new();
+        if let Some(twice) = inputs.iter().find(|name| !seen.insert(name.as_str())) {
+            return Err(PostgresError::DuplicateInput(twice.clone()));
+        }
+        let mut client = connect(url)?;
+        let applied = migrate(&mut client)?;
+        if !applied.is_empty() {
+            tracing::info!(versions = ?applied, "applied migrations");
+        }
+        let stored = read_progress(&mut client)?;
+        if let Some(foreign) = stored.offsets.keys().find(|name| !inputs.contains(name)) {
+            return Err(PostgresError::ForeignInput(foreign.clone()));
+        }
+        let stored_ends = inputs.iter().map(|name| stored.offsets.get(name).copied().unwrap_or(0)).collect();
+        prepare(&mut client).map_err(PostgresError::Connect)?;
+        let last_end = vec![0; inputs.len()];
+        Ok(Sink {
+            url: url.to_string(),
+            client: Some(client),
+            inputs,
+            epoch_records,
+            stored,
+            stored_ends,
+            last_end,
+            resumed: false,
+            epoch: 0,
+            stats: SinkStats::default(),
+        })
+    }
+
+    /// The progress found at start.
+    pub fn stored(&self) -> &StoredProgress {
+        &self.stored
+    }
+
+    pub fn stats(&self) -> SinkStats {
+        self.stats
+    }
+
+    fn describe(&self, ends: &[u64]) -> String {
+        self.inputs.iter().zip(ends).map(|(name, n)| format!("\"{name}\": {n}")).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Takes the next complete epoch: `end` holds, per input, the next offset after the
+    /// epoch's last record of it; `tags` are the epoch's new tags. Skips the epoch when the
+    /// stored progress covers it, else commits it.
+    pub fn epoch(&mut self, end: &[u64], tags: &[Tag]) -> Result<(), PostgresError> {
+        let epoch = self.epoch;
+        self.epoch += 1;
+        if !self.resumed {
+            if end.iter().zip(&self.stored_ends).all(|(e, s)| e <= s) {
+                self.last_end = end.to_vec();
+                self.stats.epochs_skipped += 1;
+                return Ok(());
+            }
+            if self.last_end != self.stored_ends {
+                return Err(PostgresError::NotOnBoundary {
+                    stored: self.describe(&self.stored_ends),
+                    epoch_records: self.epoch_records,
+                    stored_epoch_records: self.stored.epoch_records.map_or("an unknown size".into(), |n| n.to_string()),
+                });
+            }
+            self.resumed = true;
+            if self.epoch > 1 {
+                tracing::info!(epochs = self.stats.epochs_skipped, "resuming after the stored progress");
+            }
+        }
+        self.last_end = end.to_vec();
+        let started = Instant::now();
+        let rows = self.commit_with_retries(epoch, end, tags)?;
+        self.stats.elapsed += started.elapsed();
+        self.stats.epochs_committed += 1;
+        self.stats.rows_inserted += rows;
+        self.stats.rows_sent += tags.len() as u64;
+        Ok(())
+    }
+
+    /// Called when the inputs are exhausted: refuses stored progress beyond them.
+    pub fn finish(&mut self) -> Result<(), PostgresError> {
+        if !self.resumed && self.last_end != self.stored_ends {
+            return Err(PostgresError::BeyondInput {
+                stored: self.describe(&self.stored_ends),
+                end: self.describe(&self.last_end),
+            });
+        }
+        Ok(())
+    }
+
+    fn commit_with_retries(&mut self, epoch: u64, end: &[u64], tags: &[Tag]) -> Result<u64, PostgresError> {
+        let mut pause = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            let result = match self.client.take() {
+                Some(client) => Ok(client),
+                None => connect(&self.url).and_then(|mut client| {
+                    prepare(&mut client).map_err(PostgresError::Connect)?;
+                    Ok(client)
+                }),
+            }
+            .and_then(|mut client| {
+                let rows = commit(&mut client, epoch, &self.inputs, end, self.epoch_records, tags)?;
+                self.client = Some(client);
+                Ok(rows)
+            });
+            match result {
+                Err(e) if e.is_transient() && attempt < COMMIT_ATTEMPTS => {
+                    tracing::warn!(epoch, attempt, error = %e, "postgres commit failed, retrying");
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The staging table of a connection: the epoch's tags are copied in, then inserted.
+fn prepare(client: &mut Client) -> Result<(), postgres::Error> {
+    client.batch_execute(
+        "CREATE TEMP TABLE IF NOT EXISTS ttp_tag_in (
+             uuid text, source_kind text, source_id text, attacker_uuid text, identity_uuid text,
+             session_id text, decky_id text, tactic text, technique_id text, sub_technique_id text,
+             confidence double precision, rule_id text, rule_version integer, evidence text,
+             attack_release text, observed_at timestamptz
+         ) ON COMMIT DELETE ROWS",
+    )
+}
+
+const STAGE_TYPES: &[Type] = &[
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::TEXT,
+    Type::INT4,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+];
+
+fn micros_to_system_time(micros: i64) -> SystemTime {
+    let magnitude = Duration::from_micros(micros.unsigned_abs());
+    if micros >= 0 {
+        SystemTime::UNIX_EPOCH + magnitude
+    } else {
+        SystemTime::UNIX_EPOCH - magnitude
+    }
+}
+
+/// One epoch in one transaction: its tags (binary COPY into the staging table, then one
+/// insert that skips stored uuids), the progress of every input and the epoch size.
+fn commit(
+    client: &mut Client,
+    epoch: u64,
+    inputs: &[String],
+    end: &[u64],
+    epoch_records: u64,
+    tags: &[Tag],
+) -> Result<u64, PostgresError> {
+    let failed = |source| PostgresError::Commit { epoch, source };
+    let mut tx = client.transaction().map_err(failed)?;
+    let mut inserted = 0;
+    if !tags.is_empty() {
+        let sink = tx
+            .copy_in(
+                "COPY ttp_tag_in (uuid, source_kind, source_id, attacker_uuid, identity_uuid, session_id, \
+                 decky_id, tactic, technique_id, sub_technique_id, confidence, rule_id, rule_version, evidence, \
+                 attack_release, observed_at) FROM STDIN (FORMAT binary)",
+            )
+            .map_err(failed)?;
+        let mut writer = BinaryCopyInWriter::new(sink, STAGE_TYPES);
+        let (mut uuid_buf, mut evidence) = (uuid::Uuid::encode_buffer(), String::new());
+        for tag in tags {
+            let uuid = uuid::Uuid::from_bytes(tag.uuid);
+            let uuid = uuid.hyphenated().encode_lower(&mut uuid_buf);
+            let rule_version = i32::try_from(tag.rule_version)
+                .map_err(|_| PostgresError::RuleVersion { uuid: uuid.to_string(), version: tag.rule_version })?;
+            evidence.clear();
+            tag.evidence.write_to(&mut evidence);
+            let observed_at = tag.observed_at.map(micros_to_system_time);
+            let row: [&(dyn ToSql + Sync); 16] = [
+                &&*uuid,
+                &tag.source_kind,
+                &tag.source_id,
+                &tag.attacker_uuid,
+                &tag.identity_uuid,
+                &tag.session_id,
+                &tag.decky_id,
+                &tag.tactic,
+                &tag.technique_id,
+                &tag.sub_technique_id,
+                &tag.confidence.0,
+                &tag.rule_id,
+                &rule_version,
+                &evidence,
+                &tag.attack_release,
+                &observed_at,
+            ];
+            writer.write(&row).map_err(failed)?;
+        }
+        writer.finish().map_err(failed)?;
+        inserted = tx
+            .execute(
+                "INSERT INTO ttp_tag (uuid, source_kind, source_id, attacker_uuid, identity_uuid, session_id, \
+                 decky_id, tactic, technique_id, sub_technique_id, confidence, rule_id, rule_version, evidence, \
+                 attack_release, observed_at) \
+                 SELECT uuid::uuid, source_kind, source_id, attacker_uuid, identity_uuid, session_id, decky_id, \
+                 tactic, technique_id, sub_technique_id, confidence, rule_id, rule_version, evidence::jsonb, \
+                 attack_release, observed_at FROM ttp_tag_in \
+                 ON CONFLICT (uuid) DO NOTHING",
+                &[],
+            )
+            .map_err(failed)?;
+    }
+    let offsets: Vec<i64> = end.iter().map(|&n| n as i64).collect();
+    tx.execute(
+        "INSERT INTO ttp_progress (input, partition, next_offset) \
+         SELECT input, 0, next_offset FROM unnest($1::text[], $2::bigint[]) AS p(input, next_offset) \
+         ON CONFLICT (input, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+        &[&inputs, &offsets],
+    )
+    .map_err(failed)?;
+    tx.execute(
+        "INSERT INTO ttp_job (job, epoch_records) VALUES ($1, $2) \
+         ON CONFLICT (job) DO UPDATE SET epoch_records = EXCLUDED.epoch_records, updated_at = now()",
+        &[&JOB, &(epoch_records as i64)],
+    )
+    .map_err(failed)?;
+    tx.commit().map_err(failed)?;
+    Ok(inserted)
+}
