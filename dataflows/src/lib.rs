@@ -35,6 +35,8 @@ pub mod rules;
 pub mod shapes;
 pub mod store;
 pub mod tagid;
+#[cfg(test)]
+mod testing;
 pub mod time;
 pub mod types;
 pub mod windows;

@@ -913,29 +913,7 @@ mod tests {
         assert_eq!(scopes(2), apart, "the unmerge moves i2's contribution back");
     }
 
-    /// A tiny deterministic PRNG (xorshift64*).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn pick(&mut self, names: &[&'static str]) -> &'static str {
-            names[self.below(names.len())]
-        }
-
-        fn maybe(&mut self, names: &[&'static str]) -> Option<&'static str> {
-            (self.below(3) > 0).then(|| self.pick(names))
-        }
-    }
+    use crate::testing::Rng;
 
     const ATTACKERS: &[&str] = &["a0", "a1", "a2", "a3"];
     const IDENTITIES: &[&str] = &["i0", "i1", "i2"];
