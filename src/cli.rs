@@ -52,7 +52,7 @@ pub struct RunArgs {
     /// stored message, `DIR/<decky_id>/smtp/<stored_as>`.
     #[arg(long, env = "TTPFLOW_ARTIFACTS_DIR")]
     pub artifacts_dir: Option<PathBuf>,
-    /// Output directory for tags.jsonl and dead_letters.jsonl.
+    /// Output directory for tags.jsonl, rollups.jsonl and dead_letters.jsonl.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
     /// Timely worker threads.
@@ -123,9 +123,10 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         )
     });
     println!(
-        "records={} tags={} dead_letters={}{artifacts}{postgres} elapsed_s={:.3} records_per_s={:.0}",
+        "records={} tags={} rollups={} dead_letters={}{artifacts}{postgres} elapsed_s={:.3} records_per_s={:.0}",
         summary.records,
         summary.tags,
+        summary.rollups,
         summary.dead_letters,
         summary.elapsed.as_secs_f64(),
         summary.records_per_second()

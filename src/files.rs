@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ttpflow_dataflows::json::write_str;
 use ttpflow_dataflows::record::{DeadLetter, Line, Pos, Tag};
+use ttpflow_dataflows::rollup::RollupRow;
 use ttpflow_dataflows::time::format_rfc3339;
 
 use crate::artifacts::Artifacts;
@@ -185,6 +186,33 @@ pub fn tag_json(tag: &Tag, out: &mut String) {
     write_str(&tag.attack_release, out);
     out.push_str(",\"observed_at\":");
     opt_str(&tag.observed_at.map(format_rfc3339), out);
+    out.push('}');
+}
+
+/// A rollup row as one JSON object with the columns of `ttp_rollup`.
+pub fn rollup_json(row: &RollupRow, out: &mut String) {
+    out.push_str("{\"scope_kind\":");
+    write_str(row.scope_kind.as_str(), out);
+    for (name, value) in [
+        ("scope_id", &row.scope_id),
+        ("technique_id", &row.technique_id),
+        ("sub_technique_id", &row.sub_technique_id),
+        ("tactic", &row.tactic),
+    ] {
+        out.push_str(",\"");
+        out.push_str(name);
+        out.push_str("\":");
+        write_str(value, out);
+    }
+    out.push_str(&format!(
+        ",\"tag_count\":{},\"attacker_count\":{},\"identity_count\":{}",
+        row.tag_count, row.attacker_count, row.identity_count
+    ));
+    out.push_str(",\"first_seen\":");
+    opt_str(&row.first_seen.map(format_rfc3339), out);
+    out.push_str(",\"last_seen\":");
+    opt_str(&row.last_seen.map(format_rfc3339), out);
+    out.push_str(&format!(",\"confidence_max\":{:?}", row.confidence_max.0));
     out.push('}');
 }
 

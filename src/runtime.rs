@@ -23,10 +23,11 @@ use timely::dataflow::operators::core::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::ProbeHandle;
 use ttpflow_dataflows::record::{DeadLetter, Event, Line, Pos, Reason, Tag};
+use ttpflow_dataflows::rollup::RollupRow;
 use ttpflow_dataflows::rules::RulePack;
 use ttpflow_dataflows::types::{Coll, Diff, Time};
 
-use crate::files::{dead_letter_json, tag_json, FileError, JsonlWriter, LineSource};
+use crate::files::{dead_letter_json, rollup_json, tag_json, FileError, JsonlWriter, LineSource};
 use crate::postgres::{PostgresError, Sink, SinkStats};
 
 /// Options of an embedded run.
@@ -49,6 +50,8 @@ pub struct Summary {
     pub records: u64,
     pub tags: u64,
     pub dead_letters: u64,
+    /// Rollup rows in `rollups.jsonl`.
+    pub rollups: u64,
     /// Emails whose stored body could not be read from the artifacts directory.
     pub artifacts_missing: u64,
     /// What the PostgreSQL sink did, when there is one.
@@ -83,6 +86,7 @@ pub enum RunError {
 struct Writers {
     tags: JsonlWriter,
     dead_letters: JsonlWriter,
+    rollups: JsonlWriter,
     error: Option<FileError>,
 }
 
@@ -128,6 +132,7 @@ pub fn run_files(options: RunOptions) -> Result<Summary, RunError> {
         summary.records += part.records;
         summary.tags += part.tags;
         summary.dead_letters += part.dead_letters;
+        summary.rollups += part.rollups;
         summary.artifacts_missing += part.artifacts_missing;
         summary.postgres = summary.postgres.or(part.postgres);
     }
@@ -153,6 +158,7 @@ fn run_worker(
         0 => Some(Rc::new(RefCell::new(Writers {
             tags: JsonlWriter::create(options.out.join("tags.jsonl"))?,
             dead_letters: JsonlWriter::create(options.out.join("dead_letters.jsonl"))?,
+            rollups: JsonlWriter::create(options.out.join("rollups.jsonl"))?,
             error: None,
         }))),
         _ => None,
@@ -171,6 +177,7 @@ fn run_worker(
         write_tags(tags, writers.clone());
         write_dead_letters(outputs.dead_letters.probe_with(&probe), writers.clone(), inputs.clone());
         write_unanchored(outputs.pending.probe_with(&probe), writers.clone(), inputs);
+        write_rollups(outputs.rollups.probe_with(&probe), writers.clone());
         input
     });
 
@@ -220,7 +227,7 @@ fn run_worker(
         None => None,
     };
     let Some(writers) = writers else { return Ok(Summary::default()) };
-    let Writers { tags, dead_letters, error } = Rc::try_unwrap(writers)
+    let Writers { tags, dead_letters, rollups, error } = Rc::try_unwrap(writers)
         .map_err(|_| RunError::Workers("output files still in use after the dataflow ended".to_string()))?
         .into_inner();
     if let Some(e) = error {
@@ -230,6 +237,7 @@ fn run_worker(
         records,
         tags: tags.finish()?,
         dead_letters: dead_letters.finish()?,
+        rollups: rollups.finish()?,
         artifacts_missing,
         postgres,
         elapsed: Duration::ZERO,
@@ -322,13 +330,44 @@ fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Wri
         move |_, batch| {
             if let Some(w) = &writers {
                 w.borrow_mut().write(|w| {
-                    batch.iter().try_for_each(|(dead, _)| {
+                    // A retraction (a merge cycle that broke) does not unsay a report.
+                    batch.iter().filter(|(_, r)| *r > 0).try_for_each(|(dead, _)| {
                         w.dead_letters.write_with(|line| dead_letter_json(dead, &inputs, line))
                     })
                 });
             }
         },
         || {},
+    );
+}
+
+/// Accumulates the rollup changes; the rows that remain when the input ends are written.
+fn write_rollups(rollups: Coll<'_, RollupRow>, writers: Option<Rc<RefCell<Writers>>>) {
+    let state: Rc<RefCell<BTreeMap<RollupRow, Diff>>> = Rc::default();
+    let accumulate = Rc::clone(&state);
+    on_worker_zero(
+        rollups,
+        "collect rollups",
+        move |_, batch| {
+            let mut state = accumulate.borrow_mut();
+            for (row, diff) in batch {
+                let entry = state.entry(row.clone()).or_insert(0);
+                *entry += diff;
+                if *entry == 0 {
+                    state.remove(&row);
+                }
+            }
+        },
+        move || {
+            let Some(w) = &writers else { return };
+            let state = state.borrow();
+            w.borrow_mut().write(|w| {
+                state
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .try_for_each(|(row, _)| w.rollups.write_with(|line| rollup_json(row, line)))
+            });
+        },
     );
 }
 

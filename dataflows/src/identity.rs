@@ -92,6 +92,17 @@ pub struct References<'s> {
 }
 
 impl<'s> References<'s> {
+    /// The outputs, brought into the region `inner`.
+    pub fn enter_region<'i>(&self, inner: Scope<'i>) -> References<'i> {
+        References {
+            attacker_identity: self.attacker_identity.clone().enter_region(inner),
+            identity_canonical: self.identity_canonical.clone().enter_region(inner),
+            identity_campaign: self.identity_campaign.clone().enter_region(inner),
+            campaign_canonical: self.campaign_canonical.clone().enter_region(inner),
+            dead_letters: self.dead_letters.clone().enter_region(inner),
+        }
+    }
+
     /// The outputs, moved out of the stage's region into `outer`.
     pub fn leave<'o>(self, outer: Scope<'o>) -> References<'o> {
         References {

@@ -55,8 +55,8 @@ pub struct Outputs<'s> {
     pub dead_letters: Coll<'s, DeadLetter>,
     /// Events still waiting for their IP to resolve to an attacker.
     pub pending: Coll<'s, (String, Event)>,
-    /// R0058's bump state: attackers whose latest intel verdict is malicious.
-    pub intel_bumps: Coll<'s, (String, intel::Bump)>,
+    /// The rollup rows: one per scope and technique, changing as their numbers change.
+    pub rollups: Coll<'s, rollup::RollupRow>,
 }
 
 /// Builds the graph over a collection of raw records.
@@ -71,19 +71,27 @@ pub fn build<'s>(records: Coll<'s, Line>, pack: Arc<RulePack>) -> Outputs<'s> {
         intel::stage(events, tables, Arc::clone(&pack)).leave(scope)
     });
     let subjects =
-        scope.region_named("fan-out", |r| fanout::stage(anchored.events.enter_region(r)).leave_region(scope));
+        scope.region_named("fan-out", |r| fanout::stage(anchored.events.clone().enter_region(r)).leave_region(scope));
     let windowed = scope.region_named("windows", |r| {
-        let (subjects, tables) = (subjects.clone().enter_region(r), decoded.tables.enter_region(r));
+        let (subjects, tables) = (subjects.clone().enter_region(r), decoded.tables.clone().enter_region(r));
         windows::stage(subjects, tables, Arc::clone(&pack)).leave_region(scope)
     });
     let tags = scope.region_named("detect", |r| detect(subjects.enter_region(r), pack).leave_region(scope));
     let tags = tags.concat(intel.tags).concat(windowed);
     let stored = scope.region_named("store", |r| store::stage(tags.enter_region(r)).leave_region(scope));
+    let references = scope.region_named("identity", |r| {
+        let (tables, events) = (decoded.tables.enter_region(r), anchored.events.enter_region(r));
+        identity::stage(tables, events).leave(scope)
+    });
+    let rollups = scope.region_named("rollup", |r| {
+        let refs = references.enter_region(r);
+        rollup::stage(stored.clone().enter_region(r), &refs, intel.bumps.enter_region(r)).leave_region(scope)
+    });
     Outputs {
         tags: stored,
-        dead_letters: decoded.dead_letters.concat(anchored.dead_letters),
+        dead_letters: decoded.dead_letters.concat(anchored.dead_letters).concat(references.dead_letters),
         pending: anchored.pending,
-        intel_bumps: intel.bumps,
+        rollups,
     }
 }
 

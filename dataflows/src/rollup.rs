@@ -48,7 +48,7 @@
 //! rollup key one aggregate per source. No dead letters: every tag has a fleet row.
 
 use differential_dataflow::difference::{IsZero, Semigroup};
-use differential_dataflow::operators::CountTotal;
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
@@ -259,20 +259,59 @@ pub fn rollup<'s>(
     identity_campaign: Coll<'s, (String, String)>,
     bumps: Coll<'s, (String, Bump)>,
 ) -> Coll<'s, RollupRow> {
+    let anchors = tags.clone().flat_map(|tag| Some(anchor(&tag)).filter(|a| *a != Anchor::Unanchored)).distinct_total();
+    let placements = placements(anchors, attacker_identity, identity_canonical, identity_campaign, bumps)
+        .arrange_by_key_named("rollup: placements");
     let sources = sources(tags);
-    let by_attacker = sources.clone().flat_map(|(source, agg)| match source.anchor {
-        Anchor::Attacker(attacker) => Some((attacker, (source.session, source.technique, agg))),
+    let unanchored = sources.clone().flat_map(|(source, agg)| match source.anchor {
+        Anchor::Unanchored => Some(Contribution {
+            attacker: None,
+            identity: None,
+            campaign: None,
+            part: part(source.session, source.technique, &agg, None),
+        }),
         _ => None,
     });
-    let by_identity = sources.clone().flat_map(|(source, agg)| match source.anchor {
-        Anchor::Identity(identity) => Some((identity, part(source.session, source.technique, &agg, None))),
-        _ => None,
-    });
-    let unanchored = sources.flat_map(|(source, agg)| match source.anchor {
-        Anchor::Unanchored => Some(part(source.session, source.technique, &agg, None)),
-        _ => None,
-    });
+    sources
+        .flat_map(|(source, agg)| match source.anchor {
+            Anchor::Unanchored => None,
+            anchor => Some((anchor, (source.session, source.technique, agg))),
+        })
+        .arrange_by_key_named("rollup: anchored sources")
+        .join_core(placements, |_, (session, technique, agg), placement| {
+            Some(Contribution {
+                attacker: placement.attacker.clone(),
+                identity: placement.identity.clone(),
+                campaign: placement.campaign.clone(),
+                part: part(session.clone(), technique.clone(), agg, placement.bump),
+            })
+        })
+        .concat(unanchored)
+        .flat_map(shares)
+        .reduce_named("rollup: combine", |_, shares, out| out.push((combine(shares), 1)))
+        .map(|(key, totals)| totals.into_row(key))
+}
 
+/// Where an anchor's tags count: its attacker, canonical identity and canonical
+/// campaign, and the attacker's bump.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Placement {
+    attacker: Option<String>,
+    identity: Option<String>,
+    campaign: Option<String>,
+    bump: Option<i64>,
+}
+
+/// One placement per anchor that has tags, following the reference maps and the bumps.
+/// The maps are joined here, once per anchor, so that the source aggregates meet a
+/// single arrangement of placements and a reference change re-places one anchor.
+fn placements<'s>(
+    anchors: Coll<'s, Anchor>,
+    attacker_identity: Coll<'s, (String, String)>,
+    identity_canonical: Coll<'s, (String, String)>,
+    identity_campaign: Coll<'s, (String, String)>,
+    bumps: Coll<'s, (String, Bump)>,
+) -> Coll<'s, (Anchor, Placement)> {
     // One bump per attacker: the largest, should the state ever hold two.
     let bumps = bumps
         .map(|(attacker, bump)| (attacker, bump.amount_micros))
@@ -285,39 +324,44 @@ pub fn rollup<'s>(
                 buffer.extend(updates.drain(..).map(|(v, t, r)| ((attacker.clone(), v), t, r)));
             },
         );
-    // Only sources with intel tags meet the bumps, so a bump change leaves the others be.
-    let intel_sources = by_attacker.clone().filter(|(_, (_, _, agg))| agg.intel_confidence.is_some());
-    let other_sources = by_attacker.filter(|(_, (_, _, agg))| agg.intel_confidence.is_none());
-    let attacker_parts = left_join(intel_sources, bumps, "rollup: intel sources by attacker")
-        .map(|(attacker, ((session, technique, agg), bump))| (attacker, part(session, technique, &agg, bump)))
-        .concat(
-            other_sources.map(|(attacker, (session, technique, agg))| (attacker, part(session, technique, &agg, None))),
-        );
-
-    let attacker_identity = attacker_identity.arrange_by_key_named("rollup: attacker identities");
-    let attackers = left_join(attacker_parts, attacker_identity, "rollup: attacker parts by attacker");
+    let attackers = anchors.clone().flat_map(|anchor| match anchor {
+        Anchor::Attacker(attacker) => Some((attacker, ())),
+        _ => None,
+    });
+    let attackers = left_join(attackers, bumps, "rollup: attackers for bumps").map(|(a, ((), bump))| (a, bump));
+    let attackers = left_join(
+        attackers,
+        attacker_identity.arrange_by_key_named("rollup: attacker identities"),
+        "rollup: attackers for identities",
+    );
+    let identities = anchors.flat_map(|anchor| match anchor {
+        Anchor::Identity(identity) => Some((identity, ())),
+        _ => None,
+    });
     let canonical = identity_canonical.arrange_by_key_named("rollup: canonical identities");
-    let identities = left_join(by_identity, canonical, "rollup: identity parts by identity")
-        .map(|(identity, (part, canonical))| (canonical.unwrap_or(identity), (None, part)));
+    let identities =
+        left_join(identities, canonical, "rollup: identities for canonical").map(|(identity, ((), canonical))| {
+            (canonical.unwrap_or_else(|| identity.clone()), (Anchor::Identity(identity), None, None))
+        });
     let with_identity = attackers
         .clone()
-        .flat_map(|(attacker, (part, identity))| identity.map(|identity| (identity, (Some(attacker), part))))
+        .flat_map(|(attacker, (bump, identity))| {
+            identity.map(|identity| (identity, (Anchor::Attacker(attacker.clone()), Some(attacker), bump)))
+        })
         .concat(identities);
-    let without_identity = attackers.flat_map(|(attacker, (part, identity))| {
-        identity.is_none().then_some(Contribution { attacker: Some(attacker), identity: None, campaign: None, part })
+    let without_identity = attackers.flat_map(|(attacker, (bump, identity))| {
+        identity.is_none().then(|| {
+            let placement = Placement { attacker: Some(attacker.clone()), identity: None, campaign: None, bump };
+            (Anchor::Attacker(attacker), placement)
+        })
     });
     let campaigns = identity_campaign.arrange_by_key_named("rollup: identity campaigns");
-    let with_identity = left_join(with_identity, campaigns, "rollup: parts by canonical identity").map(
-        |(identity, ((attacker, part), campaign))| Contribution { attacker, identity: Some(identity), campaign, part },
-    );
-    let unanchored = unanchored.map(|part| Contribution { attacker: None, identity: None, campaign: None, part });
-
-    with_identity
+    left_join(with_identity, campaigns, "rollup: canonical identities for campaigns")
+        .map(|(identity, ((anchor, attacker, bump), campaign))| {
+            (anchor, Placement { attacker, identity: Some(identity), campaign, bump })
+        })
         .concat(without_identity)
-        .concat(unanchored)
-        .flat_map(shares)
-        .reduce_named("rollup: combine", |_, shares, out| out.push((combine(shares), 1)))
-        .map(|(key, totals)| totals.into_row(key))
+        .consolidate()
 }
 
 /// The source aggregates: every tag's [`Agg`] accumulated per source key.
@@ -335,13 +379,18 @@ fn sources<'s>(tags: Coll<'s, Tag>) -> Coll<'s, (Source, Agg)> {
         .count_total()
 }
 
-/// A tag's source keys: its anchor and technique, and again with its session.
-fn source_keys(tag: &Tag) -> Vec<Source> {
-    let anchor = match (&tag.attacker_uuid, &tag.identity_uuid) {
+/// What a tag is anchored on.
+fn anchor(tag: &Tag) -> Anchor {
+    match (&tag.attacker_uuid, &tag.identity_uuid) {
         (Some(attacker), _) => Anchor::Attacker(attacker.clone()),
         (None, Some(identity)) => Anchor::Identity(identity.clone()),
         (None, None) => Anchor::Unanchored,
-    };
+    }
+}
+
+/// A tag's source keys: its anchor and technique, and again with its session.
+fn source_keys(tag: &Tag) -> Vec<Source> {
+    let anchor = anchor(tag);
     let technique = Technique {
         technique_id: tag.technique_id.clone(),
         sub_technique_id: tag.sub_technique_id.clone().unwrap_or_default(),

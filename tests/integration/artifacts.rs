@@ -109,10 +109,10 @@ fn the_summary_line_counts_missing_bodies_only_with_the_flag() {
         (String::from_utf8(output.stdout).unwrap(), String::from_utf8(output.stderr).unwrap())
     };
     let (stdout, stderr) = summary_line(None, None);
-    assert!(stdout.starts_with("records=2 tags=0 dead_letters=0 elapsed_s="), "{stdout}");
+    assert!(stdout.starts_with("records=2 tags=0 rollups=0 dead_letters=0 elapsed_s="), "{stdout}");
     assert!(!stderr.contains("artifacts"), "{stderr}");
     let (stdout, stderr) = summary_line(Some("--artifacts-dir"), None);
-    assert!(stdout.starts_with("records=2 tags=0 dead_letters=0 artifacts_missing=1 elapsed_s="), "{stdout}");
+    assert!(stdout.starts_with("records=2 tags=0 rollups=0 dead_letters=0 artifacts_missing=1 elapsed_s="), "{stdout}");
     assert_eq!(stderr.matches("email bodies not read").count(), 1, "one warning at the end: {stderr}");
     let (stdout, _) = summary_line(None, Some(&artifacts));
     assert!(stdout.contains(" artifacts_missing=1 "), "from TTPFLOW_ARTIFACTS_DIR: {stdout}");
