@@ -26,33 +26,41 @@
 //! greatest tag confidence, where an intel tag (`source_kind` `intel`) of an attacker with
 //! a bump counts raised by the bump amount, capped at 1.0, for as long as the bump lasts.
 //!
-//! Accumulators, so that no operator re-reads the tags of a scope: (1) every tag becomes
-//! an [`Agg`] difference (count, least and greatest event time, greatest confidence of
-//! intel and of other tags) on its source key — anchor (attacker, else identity, else
-//! none) × technique, and again anchor × session × technique — and an arrangement of the
-//! source keys accumulates them (a semigroup: tags only arrive, and a tag never changes
-//! attacker). (2) The source aggregates are joined with the bumps and the reference maps,
-//! each a function of its key, as left joins (matches in, their unmatched form out).
-//! (3) One reduce per rollup key combines the aggregates of its sources. A merge or an
-//! unmerge, a campaign move or a bump change thus retracts and re-inserts source
-//! aggregates, and the reduce re-combines those of the keys they touch: its input is one
-//! aggregate per source (attacker or identity, and session), not one per tag. The price
-//! is that a key is re-combined from all its sources when one changes: a fleet key holds
-//! one aggregate per anchor with that technique.
+//! Accumulators. Tags only arrive, so a tag is folded once into semigroup accumulators
+//! and never re-read: its anchor's source aggregate (anchor × technique, and anchor ×
+//! session × technique: count, least and greatest event time, greatest confidence of
+//! intel and of other tags) and the running numbers of the rollup keys it counts for.
+//! A rollup key keeps its members (the anchors counting for it), the multiset of their
+//! canonical identities and running totals. What references change — an anchor's
+//! canonical identity, campaign or bump — moves that anchor's source aggregates between
+//! keys: counts are subtracted and added exactly; a least or greatest value is recomputed
+//! from the key's members only when the member that leaves (or whose bump drops) held
+//! it. So the work per tag is constant, a merge costs the moved anchors' sources, and
+//! only a departure of an extreme re-reads a key.
 //!
-//! Arrangements: the source aggregates (`rollup: sources`), the bump amounts and the bump
-//! per attacker, the attacker sources by attacker (those with intel tags for the bumps,
-//! then all for the identities), the identity-anchored sources by identity, the resolved
-//! sources by canonical identity, the three reference maps by their keys, and the rollup
-//! keys with their sources (`rollup: combine`). State: one aggregate per source, the reference maps, and per
-//! rollup key one aggregate per source. No dead letters: every tag has a fleet row.
+//! Operator and sharding: one operator per worker. Tags are exchanged by technique, so
+//! every key of a technique (its fleet, campaign and identity rows included) lives on one
+//! worker and nothing needs combining across workers; the reference changes, one record
+//! per anchor and small beside the tags, are broadcast to every worker. Epochs are
+//! processed whole and in order once both inputs' frontiers have passed them: reference
+//! changes first, then the epoch's tags, then each changed key emits its old row's
+//! retraction and its new row. Ids are interned per worker; outputs are built from the
+//! names, and changed keys are visited in key order, so the output is deterministic.
+//!
+//! State per worker: the interned names, the reference maps, per anchor its placement and
+//! source aggregates, per rollup key its members, identity multiset, running and last
+//! emitted numbers. No dead letters: every tag has a fleet row.
 
-use differential_dataflow::difference::{IsZero, Semigroup};
-use differential_dataflow::operators::{CountTotal, ThresholdTotal};
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use differential_dataflow::difference::Semigroup;
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::vec::Map;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::core::Concat;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::Capability;
 
 use crate::identity::References;
 use crate::intel::Bump;
@@ -112,6 +120,20 @@ struct Technique {
     tactic: String,
 }
 
+impl Technique {
+    /// The worker that holds the technique's keys: an FNV-1a hash of its fields, the same
+    /// on every worker and process.
+    fn shard(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for field in [&self.technique_id, &self.sub_technique_id, &self.tactic] {
+            for byte in field.bytes().chain([0xff]) {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash
+    }
+}
+
 /// What a tag is anchored on, for the scopes that follow identities.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Anchor {
@@ -122,16 +144,54 @@ enum Anchor {
     Unanchored,
 }
 
-/// A source aggregate's key: the tags of one anchor and technique, of all sessions
-/// (`session: None`) or of one session.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-struct Source {
+/// What the rollups need of a stored tag, sent to the worker of its technique.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Counted {
     anchor: Anchor,
     session: Option<String>,
     technique: Technique,
+    observed_at: Option<i64>,
+    confidence: Confidence,
+    intel: bool,
 }
 
-/// The accumulated tags of one source: the semigroup difference of the source arrangement.
+impl Counted {
+    fn of(tag: &Tag) -> Counted {
+        let anchor = match (&tag.attacker_uuid, &tag.identity_uuid) {
+            (Some(attacker), _) => Anchor::Attacker(attacker.clone()),
+            (None, Some(identity)) => Anchor::Identity(identity.clone()),
+            (None, None) => Anchor::Unanchored,
+        };
+        Counted {
+            anchor,
+            session: tag.session_id.clone(),
+            technique: Technique {
+                technique_id: tag.technique_id.clone(),
+                sub_technique_id: tag.sub_technique_id.clone().unwrap_or_default(),
+                tactic: tag.tactic.clone(),
+            },
+            observed_at: tag.observed_at,
+            confidence: tag.confidence,
+            intel: tag.source_kind == INTEL_SOURCE,
+        }
+    }
+}
+
+/// One update of a reference map, as the identity and intel stages emit them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum Reference {
+    /// Attacker → canonical identity.
+    AttackerIdentity(String, String),
+    /// Identity → canonical identity.
+    IdentityCanonical(String, String),
+    /// Canonical identity → canonical campaign.
+    IdentityCampaign(String, String),
+    /// Attacker → bump amount in millionths.
+    Bump(String, i64),
+}
+
+/// The accumulated tags of one source (an anchor's tags of one technique, of all
+/// sessions or of one): a semigroup, since tags only arrive.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct Agg {
     tags: i64,
@@ -144,14 +204,13 @@ struct Agg {
 }
 
 impl Agg {
-    fn of(tag: &Tag) -> Agg {
-        let intel = tag.source_kind == INTEL_SOURCE;
+    fn of(tag: &Counted, count: i64) -> Agg {
         Agg {
-            tags: 1,
+            tags: count,
             first_seen: tag.observed_at,
             last_seen: tag.observed_at,
-            confidence: (!intel).then_some(tag.confidence),
-            intel_confidence: intel.then_some(tag.confidence),
+            confidence: (!tag.intel).then_some(tag.confidence),
+            intel_confidence: tag.intel.then_some(tag.confidence),
         }
     }
 
@@ -170,20 +229,7 @@ impl Agg {
     }
 }
 
-/// `confidence` raised by `micros` millionths, capped at 1.0.
-fn raised(confidence: Confidence, micros: i64) -> Confidence {
-    Confidence((confidence.0 + micros as f64 / 1e6).min(1.0))
-}
-
-/// The lesser of two optional values, `None` standing for "no value".
-fn min_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-impl IsZero for Agg {
+impl differential_dataflow::difference::IsZero for Agg {
     fn is_zero(&self) -> bool {
         self.tags == 0
     }
@@ -199,48 +245,26 @@ impl Semigroup for Agg {
     }
 }
 
-/// A source aggregate's numbers, bump applied.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// `confidence` raised by `micros` millionths, capped at 1.0.
+fn raised(confidence: Confidence, micros: i64) -> Confidence {
+    Confidence((confidence.0 + micros as f64 / 1e6).min(1.0))
+}
+
+/// The lesser of two optional values, `None` standing for "no value".
+fn min_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A source aggregate's numbers, bump applied: what one member brings to a key.
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Summary {
     tags: i64,
     first_seen: Option<i64>,
     last_seen: Option<i64>,
     confidence: Confidence,
-}
-
-/// A source aggregate on its way to the rollup keys.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-struct Part {
-    session: Option<String>,
-    technique: Technique,
-    summary: Summary,
-}
-
-/// A source aggregate with its scopes resolved.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-struct Contribution {
-    attacker: Option<String>,
-    /// The canonical identity.
-    identity: Option<String>,
-    /// The canonical campaign.
-    campaign: Option<String>,
-    part: Part,
-}
-
-/// A rollup row's key.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-struct RollupKey {
-    scope_kind: ScopeKind,
-    scope_id: String,
-    technique: Technique,
-}
-
-/// What one source brings to a rollup key.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-struct Share {
-    attacker: Option<String>,
-    identity: Option<String>,
-    summary: Summary,
 }
 
 /// The stage, over the identity stage's outputs.
@@ -259,252 +283,485 @@ pub fn rollup<'s>(
     identity_campaign: Coll<'s, (String, String)>,
     bumps: Coll<'s, (String, Bump)>,
 ) -> Coll<'s, RollupRow> {
-    let anchors = tags.clone().flat_map(|tag| Some(anchor(&tag)).filter(|a| *a != Anchor::Unanchored)).distinct_total();
-    let placements = placements(anchors, attacker_identity, identity_canonical, identity_campaign, bumps)
-        .arrange_by_key_named("rollup: placements");
-    let sources = sources(tags);
-    let unanchored = sources.clone().flat_map(|(source, agg)| match source.anchor {
-        Anchor::Unanchored => Some(Contribution {
-            attacker: None,
-            identity: None,
-            campaign: None,
-            part: part(source.session, source.technique, &agg, None),
-        }),
-        _ => None,
-    });
-    sources
-        .flat_map(|(source, agg)| match source.anchor {
-            Anchor::Unanchored => None,
-            anchor => Some((anchor, (source.session, source.technique, agg))),
+    // The store emits insertions only; a tag is counted once per insertion.
+    let counted =
+        tags.inner.flat_map(|(tag, time, diff): (Tag, Time, Diff)| (diff > 0).then(|| (Counted::of(&tag), time, diff)));
+    let references = attacker_identity
+        .inner
+        .map(|((a, i), t, r)| (Reference::AttackerIdentity(a, i), t, r))
+        .concat(identity_canonical.inner.map(|((i, c), t, r)| (Reference::IdentityCanonical(i, c), t, r)))
+        .concat(identity_campaign.inner.map(|((i, c), t, r)| (Reference::IdentityCampaign(i, c), t, r)))
+        .concat(bumps.inner.map(|((a, bump), t, r)| (Reference::Bump(a, bump.amount_micros), t, r)))
+        .broadcast();
+    let by_technique = Exchange::new(|(counted, _, _): &(Counted, Time, Diff)| counted.technique.shard());
+    counted
+        .binary_frontier(references, by_technique, Pipeline, "rollup", |_cap, _info| {
+            let mut rollups = Rollups::default();
+            let mut stash: BTreeMap<Time, Epoch> = BTreeMap::new();
+            move |(tags, tags_frontier), (refs, refs_frontier), output| {
+                tags.for_each(|cap, data| {
+                    for (counted, time, diff) in data.drain(..) {
+                        stash
+                            .entry(time)
+                            .or_insert_with(|| Epoch::new(cap.delayed(&time, 0)))
+                            .tags
+                            .push((counted, diff));
+                    }
+                });
+                refs.for_each(|cap, data| {
+                    for (reference, time, diff) in data.drain(..) {
+                        let epoch = stash.entry(time).or_insert_with(|| Epoch::new(cap.delayed(&time, 0)));
+                        epoch.references.push((reference, diff));
+                    }
+                });
+                while let Some(entry) = stash.first_entry() {
+                    let time = *entry.key();
+                    if tags_frontier.frontier().less_equal(&time) || refs_frontier.frontier().less_equal(&time) {
+                        break;
+                    }
+                    let Epoch { cap, tags, references } = entry.remove();
+                    let mut session = output.session(&cap);
+                    for (row, diff) in rollups.epoch(references, tags) {
+                        session.give((row, time, diff));
+                    }
+                }
+            }
         })
-        .arrange_by_key_named("rollup: anchored sources")
-        .join_core(placements, |_, (session, technique, agg), placement| {
-            Some(Contribution {
-                attacker: placement.attacker.clone(),
-                identity: placement.identity.clone(),
-                campaign: placement.campaign.clone(),
-                part: part(session.clone(), technique.clone(), agg, placement.bump),
-            })
-        })
-        .concat(unanchored)
-        .flat_map(shares)
-        .reduce_named("rollup: combine", |_, shares, out| out.push((combine(shares), 1)))
-        .map(|(key, totals)| totals.into_row(key))
+        .as_collection()
 }
 
-/// Where an anchor's tags count: its attacker, canonical identity and canonical
+/// The updates of one epoch not yet complete, with the capability to emit at its time.
+struct Epoch {
+    cap: Capability<Time>,
+    tags: Vec<(Counted, Diff)>,
+    references: Vec<(Reference, Diff)>,
+}
+
+impl Epoch {
+    fn new(cap: Capability<Time>) -> Epoch {
+        Epoch { cap, tags: Vec::new(), references: Vec::new() }
+    }
+}
+
+/// An interned name (attacker, identity, campaign or session uuid) or technique.
+type Id = u32;
+
+/// Names interned as ids, per worker.
+struct Names<N> {
+    ids: HashMap<N, Id>,
+    names: Vec<N>,
+}
+
+impl<N> Default for Names<N> {
+    fn default() -> Self {
+        Names { ids: HashMap::new(), names: Vec::new() }
+    }
+}
+
+impl<N: Clone + Eq + std::hash::Hash> Names<N> {
+    fn id(&mut self, name: &N) -> Id {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as Id;
+        self.names.push(name.clone());
+        self.ids.insert(name.clone(), id);
+        id
+    }
+
+    fn name(&self, id: Id) -> &N {
+        &self.names[id as usize]
+    }
+}
+
+/// An anchor by id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum AnchorId {
+    Attacker(Id),
+    Identity(Id),
+    Unanchored,
+}
+
+/// A reference map accumulated from its updates: per key, its values with their counts.
+/// The identity stage's maps are functions of their keys; should a key ever hold two
+/// values, the greatest counts.
+struct RefMap<V> {
+    values: HashMap<Id, Vec<(V, Diff)>>,
+}
+
+impl<V> Default for RefMap<V> {
+    fn default() -> Self {
+        RefMap { values: HashMap::new() }
+    }
+}
+
+impl<V: Copy + Ord> RefMap<V> {
+    fn update(&mut self, key: Id, value: V, diff: Diff) {
+        let values = self.values.entry(key).or_default();
+        match values.iter_mut().find(|(v, _)| *v == value) {
+            Some(entry) => entry.1 += diff,
+            None => values.push((value, diff)),
+        }
+        values.retain(|(_, n)| *n != 0);
+        if values.is_empty() {
+            self.values.remove(&key);
+        }
+    }
+
+    fn get(&self, key: Id) -> Option<V> {
+        self.values.get(&key)?.iter().filter(|(_, n)| *n > 0).map(|(v, _)| *v).max()
+    }
+}
+
+/// Where an anchor's tags count besides its own scopes: its canonical identity and
 /// campaign, and the attacker's bump.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Placement {
-    attacker: Option<String>,
-    identity: Option<String>,
-    campaign: Option<String>,
+    identity: Option<Id>,
+    campaign: Option<Id>,
     bump: Option<i64>,
 }
 
-/// One placement per anchor that has tags, following the reference maps and the bumps.
-/// The maps are joined here, once per anchor, so that the source aggregates meet a
-/// single arrangement of placements and a reference change re-places one anchor.
-fn placements<'s>(
-    anchors: Coll<'s, Anchor>,
-    attacker_identity: Coll<'s, (String, String)>,
-    identity_canonical: Coll<'s, (String, String)>,
-    identity_campaign: Coll<'s, (String, String)>,
-    bumps: Coll<'s, (String, Bump)>,
-) -> Coll<'s, (Anchor, Placement)> {
-    // One bump per attacker: the largest, should the state ever hold two.
-    let bumps = bumps
-        .map(|(attacker, bump)| (attacker, bump.amount_micros))
-        .arrange_by_key_named("rollup: bump amounts")
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<String, i64, Time, Diff>, _, _>(
-            "rollup: bump per attacker",
-            |_, amounts, out| out.push((*amounts[amounts.len() - 1].0, 1)),
-            |buffer, attacker, updates| {
-                buffer.clear();
-                buffer.extend(updates.drain(..).map(|(v, t, r)| ((attacker.clone(), v), t, r)));
-            },
-        );
-    let attackers = anchors.clone().flat_map(|anchor| match anchor {
-        Anchor::Attacker(attacker) => Some((attacker, ())),
-        _ => None,
-    });
-    let attackers = left_join(attackers, bumps, "rollup: attackers for bumps").map(|(a, ((), bump))| (a, bump));
-    let attackers = left_join(
-        attackers,
-        attacker_identity.arrange_by_key_named("rollup: attacker identities"),
-        "rollup: attackers for identities",
-    );
-    let identities = anchors.flat_map(|anchor| match anchor {
-        Anchor::Identity(identity) => Some((identity, ())),
-        _ => None,
-    });
-    let canonical = identity_canonical.arrange_by_key_named("rollup: canonical identities");
-    let identities =
-        left_join(identities, canonical, "rollup: identities for canonical").map(|(identity, ((), canonical))| {
-            (canonical.unwrap_or_else(|| identity.clone()), (Anchor::Identity(identity), None, None))
-        });
-    let with_identity = attackers
-        .clone()
-        .flat_map(|(attacker, (bump, identity))| {
-            identity.map(|identity| (identity, (Anchor::Attacker(attacker.clone()), Some(attacker), bump)))
-        })
-        .concat(identities);
-    let without_identity = attackers.flat_map(|(attacker, (bump, identity))| {
-        identity.is_none().then(|| {
-            let placement = Placement { attacker: Some(attacker.clone()), identity: None, campaign: None, bump };
-            (Anchor::Attacker(attacker), placement)
-        })
-    });
-    let campaigns = identity_campaign.arrange_by_key_named("rollup: identity campaigns");
-    left_join(with_identity, campaigns, "rollup: canonical identities for campaigns")
-        .map(|(identity, ((anchor, attacker, bump), campaign))| {
-            (anchor, Placement { attacker, identity: Some(identity), campaign, bump })
-        })
-        .concat(without_identity)
-        .consolidate()
+/// A source of an anchor: its tags of one technique, of all sessions (`None`) or of one.
+type SourceKey = (Option<Id>, Id);
+
+/// An anchor that has tags on this worker.
+struct AnchorState {
+    placement: Placement,
+    sources: BTreeMap<SourceKey, Agg>,
 }
 
-/// The source aggregates: every tag's [`Agg`] accumulated per source key.
-fn sources<'s>(tags: Coll<'s, Tag>) -> Coll<'s, (Source, Agg)> {
-    // Tags only arrive (the store emits insertions only); a tag is counted once per
-    // insertion, so a retraction, which the store never emits, is not representable here.
-    tags.inner
-        .flat_map(|(tag, time, diff): (Tag, Time, Diff)| {
-            let mut agg = Agg::of(&tag);
-            agg.tags *= diff as i64;
-            source_keys(&tag).into_iter().map(move |source| (source, time, agg.clone()))
-        })
-        .as_collection()
-        .arrange_by_self_named("rollup: sources")
-        .count_total()
+/// A rollup key by ids: the scope (`None` for the fleet) and the technique.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Key {
+    kind: ScopeKind,
+    scope: Option<Id>,
+    technique: Id,
 }
 
-/// What a tag is anchored on.
-fn anchor(tag: &Tag) -> Anchor {
-    match (&tag.attacker_uuid, &tag.identity_uuid) {
-        (Some(attacker), _) => Anchor::Attacker(attacker.clone()),
-        (None, Some(identity)) => Anchor::Identity(identity.clone()),
-        (None, None) => Anchor::Unanchored,
-    }
-}
-
-/// A tag's source keys: its anchor and technique, and again with its session.
-fn source_keys(tag: &Tag) -> Vec<Source> {
-    let anchor = anchor(tag);
-    let technique = Technique {
-        technique_id: tag.technique_id.clone(),
-        sub_technique_id: tag.sub_technique_id.clone().unwrap_or_default(),
-        tactic: tag.tactic.clone(),
-    };
-    let mut keys = vec![Source { anchor: anchor.clone(), session: None, technique: technique.clone() }];
-    if let Some(session) = &tag.session_id {
-        keys.push(Source { anchor, session: Some(session.clone()), technique });
-    }
-    keys
-}
-
-fn part(session: Option<String>, technique: Technique, agg: &Agg, bump: Option<i64>) -> Part {
-    Part { session, technique, summary: agg.summary(bump) }
-}
-
-/// `left` with the value `right` holds for its key, or `None`: the matches, plus `left`
-/// as unmatched less the unmatched form of the matches. `right` must be a function of
-/// its key (at most one value, with multiplicity one).
-fn left_join<'s, K, V, W>(
-    left: Coll<'s, (K, V)>,
-    right: crate::types::ArrangedByKey<'s, K, W>,
-    name: &str,
-) -> Coll<'s, (K, (V, Option<W>))>
-where
-    K: differential_dataflow::ExchangeData + differential_dataflow::Hashable,
-    V: differential_dataflow::ExchangeData,
-    W: differential_dataflow::ExchangeData,
-{
-    let arranged = left.clone().arrange_by_key_named(name);
-    let matched = arranged.clone().join_core(right.clone(), |k, v, w| Some((k.clone(), (v.clone(), Some(w.clone())))));
-    let unmatched_form = arranged.join_core(right, |k, v, _| Some((k.clone(), (v.clone(), None))));
-    left.map(|(k, v)| (k, (v, None))).concat(unmatched_form.negate()).concat(matched)
-}
-
-/// The rollup keys a resolved source aggregate counts for.
-fn shares(contribution: Contribution) -> Vec<(RollupKey, Share)> {
-    let Contribution { attacker, identity, campaign, part } = contribution;
-    let Part { session, technique, summary } = part;
-    let key = |scope_kind: ScopeKind, scope_id: &str| RollupKey {
-        scope_kind,
-        scope_id: scope_id.to_string(),
-        technique: technique.clone(),
-    };
-    let mut keys = Vec::new();
-    match &session {
-        // A session's aggregate counts for the session alone; the anchor's aggregate of
-        // all sessions for the other scopes.
-        Some(session) => keys.push(key(ScopeKind::Session, session)),
-        None => {
-            keys.extend(attacker.as_deref().map(|a| key(ScopeKind::Attacker, a)));
-            keys.extend(identity.as_deref().map(|i| key(ScopeKind::Identity, i)));
-            keys.extend(campaign.as_deref().map(|c| key(ScopeKind::Campaign, c)));
-            keys.push(key(ScopeKind::Fleet, ""));
-        }
-    }
-    let share = Share { attacker, identity, summary };
-    keys.into_iter().map(|key| (key, share.clone())).collect()
-}
-
-/// A rollup key's numbers.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A key's numbers but its identity count, which its identity multiset holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Totals {
-    tag_count: i64,
-    attacker_count: i64,
-    identity_count: i64,
+    tags: i64,
+    attackers: i64,
     first_seen: Option<i64>,
     last_seen: Option<i64>,
-    confidence_max: Confidence,
+    confidence: Confidence,
 }
 
 impl Totals {
-    fn into_row(self, key: RollupKey) -> RollupRow {
-        let RollupKey { scope_kind, scope_id, technique } = key;
-        RollupRow {
-            scope_kind,
-            scope_id,
-            technique_id: technique.technique_id,
-            sub_technique_id: technique.sub_technique_id,
-            tactic: technique.tactic,
-            tag_count: self.tag_count,
-            attacker_count: self.attacker_count,
-            identity_count: self.identity_count,
-            first_seen: self.first_seen,
-            last_seen: self.last_seen,
-            confidence_max: self.confidence_max,
+    const ZERO: Totals =
+        Totals { tags: 0, attackers: 0, first_seen: None, last_seen: None, confidence: Confidence(0.0) };
+
+    /// Folds in the extremes of `summary`.
+    fn extend(&mut self, summary: &Summary) {
+        self.first_seen = min_some(self.first_seen, summary.first_seen);
+        self.last_seen = self.last_seen.max(summary.last_seen);
+        self.confidence = self.confidence.max(summary.confidence);
+    }
+
+    /// Whether `summary` holds one of the extremes, so that taking it away needs a
+    /// recomputation.
+    fn held_by(&self, summary: &Summary) -> bool {
+        (summary.first_seen.is_some() && summary.first_seen == self.first_seen)
+            || (summary.last_seen.is_some() && summary.last_seen == self.last_seen)
+            || summary.confidence == self.confidence
+    }
+}
+
+/// One rollup key's state.
+struct KeyState {
+    members: BTreeSet<AnchorId>,
+    /// Canonical identities of the members, with the number of members of each.
+    identities: BTreeMap<Id, u32>,
+    totals: Totals,
+    /// The extremes must be recomputed from the members.
+    stale: bool,
+    /// The numbers last emitted (with the identity count), if any.
+    emitted: Option<(Totals, i64)>,
+}
+
+impl KeyState {
+    fn new() -> KeyState {
+        KeyState {
+            members: BTreeSet::new(),
+            identities: BTreeMap::new(),
+            totals: Totals::ZERO,
+            stale: false,
+            emitted: None,
+        }
+    }
+
+    fn add(&mut self, member: AnchorId, summary: &Summary, identity: Option<Id>) {
+        self.members.insert(member);
+        self.totals.tags += summary.tags;
+        self.totals.attackers += i64::from(matches!(member, AnchorId::Attacker(_)));
+        if let Some(identity) = identity {
+            *self.identities.entry(identity).or_default() += 1;
+        }
+        self.totals.extend(summary);
+    }
+
+    fn remove(&mut self, member: AnchorId, summary: &Summary, identity: Option<Id>) {
+        self.members.remove(&member);
+        self.totals.tags -= summary.tags;
+        self.totals.attackers -= i64::from(matches!(member, AnchorId::Attacker(_)));
+        if let Some(identity) = identity {
+            self.forget_identity(identity);
+        }
+        self.stale |= self.totals.held_by(summary);
+    }
+
+    /// A member that stays with a new identity or bump.
+    fn replace(&mut self, old: (&Summary, Option<Id>), new: (&Summary, Option<Id>)) {
+        if old.1 != new.1 {
+            if let Some(identity) = old.1 {
+                self.forget_identity(identity);
+            }
+            if let Some(identity) = new.1 {
+                *self.identities.entry(identity).or_default() += 1;
+            }
+        }
+        if new.0.confidence < old.0.confidence && old.0.confidence == self.totals.confidence {
+            self.stale = true;
+        }
+        self.totals.extend(new.0);
+    }
+
+    fn forget_identity(&mut self, identity: Id) {
+        if let Some(n) = self.identities.get_mut(&identity) {
+            *n -= 1;
+            if *n == 0 {
+                self.identities.remove(&identity);
+            }
         }
     }
 }
 
-/// Combines the shares of one rollup key (sorted, each with its multiplicity).
-fn combine(shares: &[(&Share, Diff)]) -> Totals {
-    let mut attackers = std::collections::BTreeSet::new();
-    let mut identities = std::collections::BTreeSet::new();
-    let mut totals = Totals {
-        tag_count: 0,
-        attacker_count: 0,
-        identity_count: 0,
-        first_seen: None,
-        last_seen: None,
-        confidence_max: Confidence(0.0),
-    };
-    for (share, count) in shares {
-        let summary = &share.summary;
-        totals.tag_count += summary.tags * *count as i64;
-        totals.first_seen = min_some(totals.first_seen, summary.first_seen);
-        totals.last_seen = totals.last_seen.max(summary.last_seen);
-        totals.confidence_max = totals.confidence_max.max(summary.confidence);
-        attackers.extend(share.attacker.as_deref());
-        identities.extend(share.identity.as_deref());
+/// A worker's rollup state.
+#[derive(Default)]
+struct Rollups {
+    names: Names<String>,
+    techniques: Names<Technique>,
+    attacker_identity: RefMap<Id>,
+    identity_canonical: RefMap<Id>,
+    identity_campaign: RefMap<Id>,
+    bumps: RefMap<i64>,
+    anchors: HashMap<AnchorId, AnchorState>,
+    /// The anchors placed at each canonical identity, for campaign changes.
+    placed_at: HashMap<Id, BTreeSet<AnchorId>>,
+    keys: HashMap<Key, KeyState>,
+}
+
+impl Rollups {
+    /// One complete epoch: its reference changes, then its tags; the changed rows.
+    fn epoch(&mut self, references: Vec<(Reference, Diff)>, tags: Vec<(Counted, Diff)>) -> Vec<(RollupRow, Diff)> {
+        let mut dirty = BTreeSet::new();
+        let mut moved = BTreeSet::new();
+        for (reference, diff) in references {
+            self.reference(reference, diff, &mut moved);
+        }
+        for anchor in moved {
+            self.place(anchor, &mut dirty);
+        }
+        for (counted, diff) in tags {
+            self.count(&counted, diff as i64, &mut dirty);
+        }
+        let mut changes = Vec::new();
+        for key in dirty {
+            self.emit(key, &mut changes);
+        }
+        changes
     }
-    totals.attacker_count = attackers.len() as i64;
-    totals.identity_count = identities.len() as i64;
-    totals
+
+    /// Applies one reference update, noting the anchors it may move.
+    fn reference(&mut self, reference: Reference, diff: Diff, moved: &mut BTreeSet<AnchorId>) {
+        match reference {
+            Reference::AttackerIdentity(attacker, identity) => {
+                let (attacker, identity) = (self.names.id(&attacker), self.names.id(&identity));
+                self.attacker_identity.update(attacker, identity, diff);
+                moved.insert(AnchorId::Attacker(attacker));
+            }
+            Reference::IdentityCanonical(identity, canonical) => {
+                let (identity, canonical) = (self.names.id(&identity), self.names.id(&canonical));
+                self.identity_canonical.update(identity, canonical, diff);
+                moved.insert(AnchorId::Identity(identity));
+            }
+            Reference::IdentityCampaign(identity, campaign) => {
+                let (identity, campaign) = (self.names.id(&identity), self.names.id(&campaign));
+                self.identity_campaign.update(identity, campaign, diff);
+                moved.extend(self.placed_at.get(&identity).into_iter().flatten());
+            }
+            Reference::Bump(attacker, micros) => {
+                let attacker = self.names.id(&attacker);
+                self.bumps.update(attacker, micros, diff);
+                moved.insert(AnchorId::Attacker(attacker));
+            }
+        }
+    }
+
+    /// An anchor's placement under the current references.
+    fn placement(&self, anchor: AnchorId) -> Placement {
+        let identity = match anchor {
+            AnchorId::Attacker(attacker) => self.attacker_identity.get(attacker),
+            AnchorId::Identity(identity) => Some(self.identity_canonical.get(identity).unwrap_or(identity)),
+            AnchorId::Unanchored => None,
+        };
+        let bump = match anchor {
+            AnchorId::Attacker(attacker) => self.bumps.get(attacker),
+            _ => None,
+        };
+        Placement { identity, campaign: identity.and_then(|i| self.identity_campaign.get(i)), bump }
+    }
+
+    /// Moves an anchor's sources to the keys of its current placement.
+    fn place(&mut self, anchor: AnchorId, dirty: &mut BTreeSet<Key>) {
+        let new = self.placement(anchor);
+        let Some(state) = self.anchors.get_mut(&anchor) else { return };
+        let old = std::mem::replace(&mut state.placement, new);
+        if old == new {
+            return;
+        }
+        if old.identity != new.identity {
+            if let Some(identity) = old.identity {
+                let emptied = self.placed_at.get_mut(&identity).is_some_and(|set| {
+                    set.remove(&anchor);
+                    set.is_empty()
+                });
+                if emptied {
+                    self.placed_at.remove(&identity);
+                }
+            }
+            if let Some(identity) = new.identity {
+                self.placed_at.entry(identity).or_default().insert(anchor);
+            }
+        }
+        for (&(session, technique), agg) in &state.sources {
+            let (before, after) = (agg.summary(old.bump), agg.summary(new.bump));
+            let old_keys = keys_of(anchor, &old, session, technique);
+            let new_keys = keys_of(anchor, &new, session, technique);
+            for key in &old_keys {
+                let key_state = self.keys.get_mut(key).expect("a member's key exists");
+                if new_keys.contains(key) {
+                    key_state.replace((&before, old.identity), (&after, new.identity));
+                } else {
+                    key_state.remove(anchor, &before, old.identity);
+                }
+                dirty.insert(*key);
+            }
+            for key in new_keys.iter().filter(|key| !old_keys.contains(key)) {
+                self.keys.entry(*key).or_insert_with(KeyState::new).add(anchor, &after, new.identity);
+                dirty.insert(*key);
+            }
+        }
+    }
+
+    /// Folds one stored tag (`count` insertions of it) into its sources and keys.
+    fn count(&mut self, counted: &Counted, count: i64, dirty: &mut BTreeSet<Key>) {
+        let anchor = match &counted.anchor {
+            Anchor::Attacker(attacker) => AnchorId::Attacker(self.names.id(attacker)),
+            Anchor::Identity(identity) => AnchorId::Identity(self.names.id(identity)),
+            Anchor::Unanchored => AnchorId::Unanchored,
+        };
+        if !self.anchors.contains_key(&anchor) {
+            let placement = self.placement(anchor);
+            if let Some(identity) = placement.identity {
+                self.placed_at.entry(identity).or_default().insert(anchor);
+            }
+            self.anchors.insert(anchor, AnchorState { placement, sources: BTreeMap::new() });
+        }
+        let technique = self.techniques.id(&counted.technique);
+        let session = counted.session.as_ref().map(|s| self.names.id(s));
+        let state = self.anchors.get_mut(&anchor).expect("inserted above");
+        let placement = state.placement;
+        let agg = Agg::of(counted, count);
+        let summary = agg.summary(placement.bump);
+        for session in std::iter::once(None).chain(session.map(Some)) {
+            let source = (session, technique);
+            let new = match state.sources.get_mut(&source) {
+                Some(existing) => {
+                    existing.plus_equals(&agg);
+                    false
+                }
+                None => {
+                    state.sources.insert(source, agg.clone());
+                    true
+                }
+            };
+            for key in keys_of(anchor, &placement, session, technique) {
+                let key_state = self.keys.entry(key).or_insert_with(KeyState::new);
+                if new {
+                    key_state.add(anchor, &summary, placement.identity);
+                } else {
+                    key_state.totals.tags += summary.tags;
+                    key_state.totals.extend(&summary);
+                }
+                dirty.insert(key);
+            }
+        }
+    }
+
+    /// Emits a changed key's old row's retraction and its new row.
+    fn emit(&mut self, key: Key, changes: &mut Vec<(RollupRow, Diff)>) {
+        let Some(state) = self.keys.get_mut(&key) else { return };
+        if state.stale {
+            let mut totals = Totals { first_seen: None, last_seen: None, confidence: Confidence(0.0), ..state.totals };
+            for member in &state.members {
+                let anchor = &self.anchors[member];
+                let session = (key.kind == ScopeKind::Session).then_some(key.scope).flatten();
+                totals.extend(&anchor.sources[&(session, key.technique)].summary(anchor.placement.bump));
+            }
+            state.totals = totals;
+            state.stale = false;
+        }
+        let now = (!state.members.is_empty()).then_some((state.totals, state.identities.len() as i64));
+        if now == state.emitted {
+            return;
+        }
+        let row = |(totals, identities): (Totals, i64)| {
+            let technique = self.techniques.name(key.technique).clone();
+            RollupRow {
+                scope_kind: key.kind,
+                scope_id: key.scope.map(|id| self.names.name(id).clone()).unwrap_or_default(),
+                technique_id: technique.technique_id,
+                sub_technique_id: technique.sub_technique_id,
+                tactic: technique.tactic,
+                tag_count: totals.tags,
+                attacker_count: totals.attackers,
+                identity_count: identities,
+                first_seen: totals.first_seen,
+                last_seen: totals.last_seen,
+                confidence_max: totals.confidence,
+            }
+        };
+        if let Some(old) = state.emitted {
+            changes.push((row(old), -1));
+        }
+        if let Some(new) = now {
+            changes.push((row(new), 1));
+        }
+        state.emitted = now;
+        if now.is_none() {
+            self.keys.remove(&key);
+        }
+    }
+}
+
+/// The keys an anchor's source counts for: a session's source for its session alone, the
+/// source of all sessions for the anchor's attacker, identity and campaign, and the fleet.
+fn keys_of(anchor: AnchorId, placement: &Placement, session: Option<Id>, technique: Id) -> Vec<Key> {
+    let key = |kind, scope| Key { kind, scope, technique };
+    if session.is_some() {
+        return vec![key(ScopeKind::Session, session)];
+    }
+    let mut keys = Vec::with_capacity(4);
+    if let AnchorId::Attacker(attacker) = anchor {
+        keys.push(key(ScopeKind::Attacker, Some(attacker)));
+    }
+    keys.extend(placement.identity.map(|identity| key(ScopeKind::Identity, Some(identity))));
+    keys.extend(placement.campaign.map(|campaign| key(ScopeKind::Campaign, Some(campaign))));
+    keys.push(key(ScopeKind::Fleet, None));
+    keys
 }
 
 #[cfg(test)]
@@ -599,9 +856,15 @@ mod tests {
 
     /// Runs the stage over `batches`, batch `e` at epoch `e`; every update of the output.
     fn run(batches: Vec<Vec<Op>>) -> Captured<RollupRow> {
+        run_on(1, batches)
+    }
+
+    /// Runs the stage on `workers` workers; worker 0 feeds every input.
+    fn run_on(workers: usize, batches: Vec<Vec<Op>>) -> Captured<RollupRow> {
         let captured: Captured<RollupRow> = Arc::default();
         let sink = Arc::clone(&captured);
-        timely::execute_directly(move |worker| {
+        let guards = timely::execute(timely::Config::process(workers), move |worker| {
+            let feeds = worker.index() == 0;
             let (mut tags, mut attackers, mut canonicals, mut campaigns, mut bumps) =
                 worker.dataflow::<Time, _, _>(|scope| {
                     let (tags_in, tags) = scope.new_collection::<Tag, Diff>();
@@ -624,7 +887,7 @@ mod tests {
                 canonicals.advance_to(epoch);
                 campaigns.advance_to(epoch);
                 bumps.advance_to(epoch);
-                for op in ops.clone() {
+                for op in ops.clone().into_iter().filter(|_| feeds) {
                     let (which, key, value) = match op {
                         Op::Tag(tag) => {
                             tags.insert(*tag);
@@ -655,7 +918,11 @@ mod tests {
                     }
                 }
             }
-        });
+        })
+        .expect("timely starts");
+        for result in guards.join() {
+            result.expect("a worker finishes");
+        }
         captured
     }
 
@@ -1090,13 +1357,14 @@ mod tests {
         const EPOCHS: usize = 5;
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         let (mut moves, mut bumped) = (0, 0);
-        for case in 0..60 {
+        for case in 0..200 {
             let mut batches: Vec<Vec<Op>> = vec![Vec::new(); EPOCHS];
             for n in 0..(8 + rng.below(30) as u64) {
                 let op = random_op(&mut rng, n);
                 batches[rng.below(EPOCHS)].push(op);
             }
-            let out = run(batches.clone());
+            // Odd cases on two workers: keys are sharded by technique, references broadcast.
+            let out = run_on(1 + case % 2, batches.clone());
             let mut model = Model::default();
             for (epoch, ops) in batches.iter().enumerate() {
                 for op in ops {
