@@ -1,4 +1,4 @@
-//! The command line: `ttpflow run` and `ttpflow rules check`.
+//! The command line: `ttpflow run`, `ttpflow rules check` and `ttpflow export navigator`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
+use crate::navigator::{self, Scope};
 use crate::rules::{self, LoadOptions, LoadedPack, Problem};
 use crate::runtime::{self, RunOptions};
 
@@ -26,6 +27,33 @@ pub enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Export what the job stored in PostgreSQL.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// ATT&CK Navigator layer (format 4.5) of one scope's techniques, from `ttp_rollup`.
+    Navigator(NavigatorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NavigatorArgs {
+    /// `campaign:<id>`, `identity:<id>`, `attacker:<id>`, `session:<id>` or `fleet`.
+    #[arg(long)]
+    pub scope: Scope,
+    /// PostgreSQL connection string (URL or key=value pairs) of the job's database.
+    #[arg(long, env = "TTPFLOW_POSTGRES", hide_env_values = true)]
+    pub postgres: String,
+    /// Write the layer to this file instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// ATT&CK release of the techniques (its major version is the layer's `versions.attack`).
+    #[arg(long, default_value = ttpflow_dataflows::rules::DEFAULT_ATTACK_RELEASE)]
+    pub attack_release: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,7 +112,22 @@ pub fn main(cli: Cli) -> Result<ExitCode, BoxError> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Rules { command: RulesCommand::Check { dir, intel_dir } } => check(&dir, intel_dir.as_deref()),
+        Command::Export { command: ExportCommand::Navigator(args) } => export_navigator(args),
     }
+}
+
+fn export_navigator(args: NavigatorArgs) -> Result<ExitCode, BoxError> {
+    let layer = navigator::export(&args.postgres, &args.scope, &args.attack_release)?;
+    let mut text = serde_json::to_string_pretty(&layer)?;
+    text.push('\n');
+    match &args.out {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| format!("failed to write the layer to \"{}\": {e}", path.display()))?,
+        None => std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?,
+    }
+    let techniques = layer["techniques"].as_array().map_or(0, Vec::len);
+    info!(scope = %args.scope, techniques, "exported navigator layer");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn now_micros() -> i64 {
@@ -115,11 +158,14 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         if with_artifacts { format!(" artifacts_missing={}", summary.artifacts_missing) } else { String::new() };
     let postgres = summary.postgres.map_or(String::new(), |pg| {
         format!(
-            " epochs_committed={} epochs_skipped={} rows_inserted={} sink_rows_per_s={:.0}",
+            " epochs_committed={} epochs_skipped={} rows_inserted={} rollups_upserted={} rollups_deleted={} \
+             sink_rows_per_s={:.0}",
             pg.epochs_committed,
             pg.epochs_skipped,
             pg.rows_inserted,
-            pg.rows_sent as f64 / pg.elapsed.as_secs_f64().max(1e-9)
+            pg.rollups_upserted,
+            pg.rollups_deleted,
+            pg.rows_per_second()
         )
     });
     println!(

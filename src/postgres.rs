@@ -1,5 +1,5 @@
-//! The PostgreSQL sink: stored tags and the job's progress, one transaction per epoch
-//! (DESIGN §1.5, §2.10).
+//! The PostgreSQL sink: stored tags, rollup rows and the job's progress, one transaction
+//! per epoch (DESIGN §1.5, §2.10).
 //!
 //! # Migrations
 //!
@@ -17,21 +17,32 @@
 //! `0..=t`, and the same for every run over the same inputs.
 //!
 //! When an epoch is complete, worker 0 commits, in one transaction, that epoch's new tags
-//! (`ON CONFLICT (uuid) DO NOTHING`) and, for every input, the next offset after the epoch's
-//! last record of that input. A crash therefore leaves the database at the end of some epoch
-//! `k`: the tags of epochs `0..=k` and the progress of epoch `k`, never a part of an epoch.
+//! (`ON CONFLICT (uuid) DO NOTHING`), that epoch's rollup changes and, for every input, the
+//! next offset after the epoch's last record of that input. A crash therefore leaves the
+//! database at the end of some epoch `k`: the tags of epochs `0..=k`, the rollup rows as
+//! they stood at the end of `k`, and the progress of epoch `k`, never a part of an epoch.
+//!
+//! The rollup rows arrive as differences: a row that changes is retracted and its new
+//! version inserted at the same epoch, a row that goes away is only retracted. The sink
+//! nets an epoch's differences per row key ([`net_rollups`]): a key with a row left over
+//! is upserted to it, a key with only retractions is deleted. The table is thus
+//! maintained from the deltas alone; it is right after epoch `k` only if it was right after
+//! `k - 1`, which is why skipped and committed epochs must line up exactly (below).
 //!
 //! On start the job reads that progress back. It cannot start reading at the stored
 //! offsets, because the graph's state (attackers, identities, pending events, windows, the
 //! set of tags already stored) is built from everything before them and lives only in
 //! memory. So it reads every input from the start again and rebuilds that state, and the
 //! sink skips every epoch whose end positions are all at or before the stored progress: those
-//! are exactly the epochs `0..=k`, whose tags are in the table already, so nothing is
-//! re-inserted and nothing is counted twice. From epoch `k + 1` on it commits as an
-//! uninterrupted run would, with the same tags, since the state it reached at the end of `k`
-//! is the same. The tables after any number of crashes and restarts are thus those of one
-//! run without crashes. (`ON CONFLICT DO NOTHING` would absorb a replayed tag anyway; the
-//! skipping is what keeps the progress and anything counted per epoch right.)
+//! are exactly the epochs `0..=k`, whose tags are in the table already and whose rollup
+//! changes made the stored rollup rows, so nothing is re-inserted and nothing is applied
+//! twice. From epoch `k + 1` on it commits as an uninterrupted run would, with the same
+//! tags and the same rollup changes, since the state it reached at the end of `k` is the
+//! same (the rollup collection at each epoch is a function of the records up to it, so its
+//! per-epoch differences are too, whatever the number of workers). The tables after any
+//! number of crashes and restarts are thus those of one run without crashes. (`ON CONFLICT
+//! DO NOTHING` would absorb a replayed tag anyway; the skipping is what keeps the progress
+//! and the rollup rows right.)
 //!
 //! This rests on the stored progress falling on an epoch boundary of the new run. With
 //! another `--epoch-records` it may not: the stored offsets can fall inside one of the new
@@ -57,8 +68,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Transaction};
 use ttpflow_dataflows::record::Tag;
+use ttpflow_dataflows::rollup::RollupRow;
+use ttpflow_dataflows::types::Diff;
 
 /// A numbered migration, built into the binary.
 pub struct Migration {
@@ -71,6 +84,8 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "001_ttp_tag", sql: include_str!("../schemas/001_ttp_tag.sql") },
     Migration { version: 2, name: "002_progress", sql: include_str!("../schemas/002_progress.sql") },
+    Migration { version: 3, name: "003_rollup", sql: include_str!("../schemas/003_rollup.sql") },
+    Migration { version: 4, name: "004_views", sql: include_str!("../schemas/004_views.sql") },
 ];
 
 /// The job's row in `ttp_job` (the embedded job is the only one so far).
@@ -113,6 +128,8 @@ pub enum PostgresError {
     NotOnBoundary { stored: String, epoch_records: u64, stored_epoch_records: String },
     #[error("stored progress ({stored}) is beyond the end of the inputs ({end})")]
     BeyondInput { stored: String, end: String },
+    #[error("epoch {epoch} leaves two rollup rows for the key {key}; the rollup collection must hold one row per key")]
+    RollupConflict { epoch: u64, key: String },
 }
 
 impl PostgresError {
@@ -128,7 +145,8 @@ impl PostgresError {
             | PostgresError::DuplicateInput(_)
             | PostgresError::ForeignInput(_)
             | PostgresError::NotOnBoundary { .. }
-            | PostgresError::BeyondInput { .. } => false,
+            | PostgresError::BeyondInput { .. }
+            | PostgresError::RollupConflict { .. } => false,
         }
     }
 }
@@ -217,6 +235,9 @@ pub struct SinkStats {
     pub rows_inserted: u64,
     /// Tag rows sent (new or already stored).
     pub rows_sent: u64,
+    /// Rollup rows upserted (inserted or updated) and deleted.
+    pub rollups_upserted: u64,
+    pub rollups_deleted: u64,
     /// Time spent committing.
     pub elapsed: Duration,
 }
@@ -236,6 +257,65 @@ pub struct Sink {
     resumed: bool,
     epoch: u64,
     stats: SinkStats,
+}
+
+impl SinkStats {
+    /// Rows written per second of commit time: tag rows sent and rollup rows upserted or
+    /// deleted.
+    pub fn rows_per_second(&self) -> f64 {
+        (self.rows_sent + self.rollups_upserted + self.rollups_deleted) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// What an epoch does to one rollup key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollupChange {
+    /// Insert the row, or update the stored row of its key to it.
+    Upsert(RollupRow),
+    /// Delete the stored row of this row's key (the row is the retracted one).
+    Delete(RollupRow),
+}
+
+/// A rollup row's key: scope kind, scope id, technique, sub-technique, tactic.
+fn rollup_key(row: &RollupRow) -> (ttpflow_dataflows::rollup::ScopeKind, &str, &str, &str, &str) {
+    (row.scope_kind, &row.scope_id, &row.technique_id, &row.sub_technique_id, &row.tactic)
+}
+
+fn describe_key(row: &RollupRow) -> String {
+    format!(
+        "({}, \"{}\", {}, \"{}\", {})",
+        row.scope_kind.as_str(),
+        row.scope_id,
+        row.technique_id,
+        row.sub_technique_id,
+        row.tactic
+    )
+}
+
+/// Nets one epoch's rollup differences per key: the rows are consolidated first (a row
+/// inserted and retracted within the epoch cancels out), then a key with a row of positive
+/// multiplicity left becomes an upsert of that row, and a key with only retracted rows a
+/// delete. The result is ordered by key. Two rows left for one key are refused.
+pub fn net_rollups(epoch: u64, mut changes: Vec<(RollupRow, Diff)>) -> Result<Vec<RollupChange>, PostgresError> {
+    changes.sort_by(|a, b| rollup_key(&a.0).cmp(&rollup_key(&b.0)).then_with(|| a.0.cmp(&b.0)));
+    let mut rows: Vec<(RollupRow, Diff)> = Vec::with_capacity(changes.len());
+    for (row, diff) in changes {
+        match rows.last_mut() {
+            Some((last, n)) if *last == row => *n += diff,
+            _ => rows.push((row, diff)),
+        }
+    }
+    rows.retain(|(_, n)| *n != 0);
+    let mut net = Vec::new();
+    for group in rows.chunk_by(|a, b| rollup_key(&a.0) == rollup_key(&b.0)) {
+        let mut left = group.iter().filter(|(_, n)| *n > 0).map(|(row, _)| row);
+        net.push(match (left.next(), left.next()) {
+            (Some(_), Some(second)) => return Err(PostgresError::RollupConflict { epoch, key: describe_key(second) }),
+            (Some(row), None) => RollupChange::Upsert(row.clone()),
+            (None, _) => RollupChange::Delete(group[0].0.clone()),
+        });
+    }
+    Ok(net)
 }
 
 impl Sink {
@@ -287,9 +367,9 @@ impl Sink {
     }
 
     /// Takes the next complete epoch: `end` holds, per input, the next offset after the
-    /// epoch's last record of it; `tags` are the epoch's new tags. Skips the epoch when the
-    /// stored progress covers it, else commits it.
-    pub fn epoch(&mut self, end: &[u64], tags: &[Tag]) -> Result<(), PostgresError> {
+    /// epoch's last record of it; `tags` are the epoch's new tags and `rollups` its rollup
+    /// differences. Skips the epoch when the stored progress covers it, else commits it.
+    pub fn epoch(&mut self, end: &[u64], tags: &[Tag], rollups: Vec<(RollupRow, Diff)>) -> Result<(), PostgresError> {
         let epoch = self.epoch;
         self.epoch += 1;
         if !self.resumed {
@@ -312,11 +392,15 @@ impl Sink {
         }
         self.last_end = end.to_vec();
         let started = Instant::now();
-        let rows = self.commit_with_retries(epoch, end, tags)?;
+        let rollups = net_rollups(epoch, rollups)?;
+        let rows = self.commit_with_retries(epoch, end, tags, &rollups)?;
         self.stats.elapsed += started.elapsed();
         self.stats.epochs_committed += 1;
         self.stats.rows_inserted += rows;
         self.stats.rows_sent += tags.len() as u64;
+        let upserted = rollups.iter().filter(|c| matches!(c, RollupChange::Upsert(_))).count() as u64;
+        self.stats.rollups_upserted += upserted;
+        self.stats.rollups_deleted += rollups.len() as u64 - upserted;
         Ok(())
     }
 
@@ -331,7 +415,13 @@ impl Sink {
         Ok(())
     }
 
-    fn commit_with_retries(&mut self, epoch: u64, end: &[u64], tags: &[Tag]) -> Result<u64, PostgresError> {
+    fn commit_with_retries(
+        &mut self,
+        epoch: u64,
+        end: &[u64],
+        tags: &[Tag],
+        rollups: &[RollupChange],
+    ) -> Result<u64, PostgresError> {
         let mut pause = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
@@ -343,7 +433,9 @@ impl Sink {
                 }),
             }
             .and_then(|mut client| {
-                let rows = commit(&mut client, epoch, &self.inputs, end, self.epoch_records, tags)?;
+                let batch =
+                    Batch { epoch, inputs: &self.inputs, end, epoch_records: self.epoch_records, tags, rollups };
+                let rows = commit(&mut client, &batch)?;
                 self.client = Some(client);
                 Ok(rows)
             });
@@ -360,7 +452,8 @@ impl Sink {
     }
 }
 
-/// The staging table of a connection: the epoch's tags are copied in, then inserted.
+/// The staging tables of a connection: the epoch's tags and rollup changes are copied in,
+/// then applied.
 fn prepare(client: &mut Client) -> Result<(), postgres::Error> {
     client.batch_execute(
         "CREATE TEMP TABLE IF NOT EXISTS ttp_tag_in (
@@ -368,6 +461,12 @@ fn prepare(client: &mut Client) -> Result<(), postgres::Error> {
              session_id text, decky_id text, tactic text, technique_id text, sub_technique_id text,
              confidence double precision, rule_id text, rule_version integer, evidence text,
              attack_release text, observed_at timestamptz
+         ) ON COMMIT DELETE ROWS;
+         CREATE TEMP TABLE IF NOT EXISTS ttp_rollup_in (
+             scope_kind text, scope_id text, technique_id text, sub_technique_id text, tactic text,
+             tag_count bigint, attacker_count bigint, identity_count bigint,
+             first_seen timestamptz, last_seen timestamptz, confidence_max double precision,
+             deleted boolean
          ) ON COMMIT DELETE ROWS",
     )
 }
@@ -391,6 +490,21 @@ const STAGE_TYPES: &[Type] = &[
     Type::TIMESTAMPTZ,
 ];
 
+const ROLLUP_STAGE_TYPES: &[Type] = &[
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::FLOAT8,
+    Type::BOOL,
+];
+
 fn micros_to_system_time(micros: i64) -> SystemTime {
     let magnitude = Duration::from_micros(micros.unsigned_abs());
     if micros >= 0 {
@@ -400,85 +514,229 @@ fn micros_to_system_time(micros: i64) -> SystemTime {
     }
 }
 
-/// One epoch in one transaction: its tags (binary COPY into the staging table, then one
-/// insert that skips stored uuids), the progress of every input and the epoch size.
-fn commit(
-    client: &mut Client,
+/// What one epoch commits.
+struct Batch<'a> {
     epoch: u64,
-    inputs: &[String],
-    end: &[u64],
+    inputs: &'a [String],
+    end: &'a [u64],
     epoch_records: u64,
-    tags: &[Tag],
-) -> Result<u64, PostgresError> {
-    let failed = |source| PostgresError::Commit { epoch, source };
+    tags: &'a [Tag],
+    rollups: &'a [RollupChange],
+}
+
+/// One epoch in one transaction: its tags (binary COPY into the staging table, then one
+/// insert that skips stored uuids), its rollup changes (binary COPY, then one upsert and
+/// one delete), the progress of every input and the epoch size.
+fn commit(client: &mut Client, batch: &Batch<'_>) -> Result<u64, PostgresError> {
+    let failed = |source| PostgresError::Commit { epoch: batch.epoch, source };
     let mut tx = client.transaction().map_err(failed)?;
-    let mut inserted = 0;
-    if !tags.is_empty() {
-        let sink = tx
-            .copy_in(
-                "COPY ttp_tag_in (uuid, source_kind, source_id, attacker_uuid, identity_uuid, session_id, \
-                 decky_id, tactic, technique_id, sub_technique_id, confidence, rule_id, rule_version, evidence, \
-                 attack_release, observed_at) FROM STDIN (FORMAT binary)",
-            )
-            .map_err(failed)?;
-        let mut writer = BinaryCopyInWriter::new(sink, STAGE_TYPES);
-        let (mut uuid_buf, mut evidence) = (uuid::Uuid::encode_buffer(), String::new());
-        for tag in tags {
-            let uuid = uuid::Uuid::from_bytes(tag.uuid);
-            let uuid = uuid.hyphenated().encode_lower(&mut uuid_buf);
-            let rule_version = i32::try_from(tag.rule_version)
-                .map_err(|_| PostgresError::RuleVersion { uuid: uuid.to_string(), version: tag.rule_version })?;
-            evidence.clear();
-            tag.evidence.write_to(&mut evidence);
-            let observed_at = tag.observed_at.map(micros_to_system_time);
-            let row: [&(dyn ToSql + Sync); 16] = [
-                &&*uuid,
-                &tag.source_kind,
-                &tag.source_id,
-                &tag.attacker_uuid,
-                &tag.identity_uuid,
-                &tag.session_id,
-                &tag.decky_id,
-                &tag.tactic,
-                &tag.technique_id,
-                &tag.sub_technique_id,
-                &tag.confidence.0,
-                &tag.rule_id,
-                &rule_version,
-                &evidence,
-                &tag.attack_release,
-                &observed_at,
-            ];
-            writer.write(&row).map_err(failed)?;
-        }
-        writer.finish().map_err(failed)?;
-        inserted = tx
-            .execute(
-                "INSERT INTO ttp_tag (uuid, source_kind, source_id, attacker_uuid, identity_uuid, session_id, \
-                 decky_id, tactic, technique_id, sub_technique_id, confidence, rule_id, rule_version, evidence, \
-                 attack_release, observed_at) \
-                 SELECT uuid::uuid, source_kind, source_id, attacker_uuid, identity_uuid, session_id, decky_id, \
-                 tactic, technique_id, sub_technique_id, confidence, rule_id, rule_version, evidence::jsonb, \
-                 attack_release, observed_at FROM ttp_tag_in \
-                 ON CONFLICT (uuid) DO NOTHING",
-                &[],
-            )
-            .map_err(failed)?;
-    }
-    let offsets: Vec<i64> = end.iter().map(|&n| n as i64).collect();
+    let inserted = insert_tags(&mut tx, batch.epoch, batch.tags)?;
+    apply_rollups(&mut tx, batch.rollups).map_err(failed)?;
+    let offsets: Vec<i64> = batch.end.iter().map(|&n| n as i64).collect();
     tx.execute(
         "INSERT INTO ttp_progress (input, partition, next_offset) \
          SELECT input, 0, next_offset FROM unnest($1::text[], $2::bigint[]) AS p(input, next_offset) \
          ON CONFLICT (input, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-        &[&inputs, &offsets],
+        &[&batch.inputs, &offsets],
     )
     .map_err(failed)?;
     tx.execute(
         "INSERT INTO ttp_job (job, epoch_records) VALUES ($1, $2) \
          ON CONFLICT (job) DO UPDATE SET epoch_records = EXCLUDED.epoch_records, updated_at = now()",
-        &[&JOB, &(epoch_records as i64)],
+        &[&JOB, &(batch.epoch_records as i64)],
     )
     .map_err(failed)?;
     tx.commit().map_err(failed)?;
     Ok(inserted)
+}
+
+/// Copies the tags into the staging table and inserts those not stored; returns how many.
+fn insert_tags(tx: &mut Transaction<'_>, epoch: u64, tags: &[Tag]) -> Result<u64, PostgresError> {
+    let failed = |source| PostgresError::Commit { epoch, source };
+    if tags.is_empty() {
+        return Ok(0);
+    }
+    let sink = tx
+        .copy_in(
+            "COPY ttp_tag_in (uuid, source_kind, source_id, attacker_uuid, identity_uuid, session_id, \
+             decky_id, tactic, technique_id, sub_technique_id, confidence, rule_id, rule_version, evidence, \
+             attack_release, observed_at) FROM STDIN (FORMAT binary)",
+        )
+        .map_err(failed)?;
+    let mut writer = BinaryCopyInWriter::new(sink, STAGE_TYPES);
+    let (mut uuid_buf, mut evidence) = (uuid::Uuid::encode_buffer(), String::new());
+    for tag in tags {
+        let uuid = uuid::Uuid::from_bytes(tag.uuid);
+        let uuid = uuid.hyphenated().encode_lower(&mut uuid_buf);
+        let rule_version = i32::try_from(tag.rule_version)
+            .map_err(|_| PostgresError::RuleVersion { uuid: uuid.to_string(), version: tag.rule_version })?;
+        evidence.clear();
+        tag.evidence.write_to(&mut evidence);
+        let observed_at = tag.observed_at.map(micros_to_system_time);
+        let row: [&(dyn ToSql + Sync); 16] = [
+            &&*uuid,
+            &tag.source_kind,
+            &tag.source_id,
+            &tag.attacker_uuid,
+            &tag.identity_uuid,
+            &tag.session_id,
+            &tag.decky_id,
+            &tag.tactic,
+            &tag.technique_id,
+            &tag.sub_technique_id,
+            &tag.confidence.0,
+            &tag.rule_id,
+            &rule_version,
+            &evidence,
+            &tag.attack_release,
+            &observed_at,
+        ];
+        writer.write(&row).map_err(failed)?;
+    }
+    writer.finish().map_err(failed)?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO ttp_tag (uuid, source_kind, source_id, attacker_uuid, identity_uuid, session_id, \
+             decky_id, tactic, technique_id, sub_technique_id, confidence, rule_id, rule_version, evidence, \
+             attack_release, observed_at) \
+             SELECT uuid::uuid, source_kind, source_id, attacker_uuid, identity_uuid, session_id, decky_id, \
+             tactic, technique_id, sub_technique_id, confidence, rule_id, rule_version, evidence::jsonb, \
+             attack_release, observed_at FROM ttp_tag_in \
+             ON CONFLICT (uuid) DO NOTHING",
+            &[],
+        )
+        .map_err(failed)?;
+    Ok(inserted)
+}
+
+/// Copies the rollup changes into the staging table, then upserts the new rows and deletes
+/// the keys that went away, one statement each.
+fn apply_rollups(tx: &mut Transaction<'_>, rollups: &[RollupChange]) -> Result<(), postgres::Error> {
+    if rollups.is_empty() {
+        return Ok(());
+    }
+    let sink = tx.copy_in(
+        "COPY ttp_rollup_in (scope_kind, scope_id, technique_id, sub_technique_id, tactic, tag_count, \
+         attacker_count, identity_count, first_seen, last_seen, confidence_max, deleted) FROM STDIN (FORMAT binary)",
+    )?;
+    let mut writer = BinaryCopyInWriter::new(sink, ROLLUP_STAGE_TYPES);
+    let (mut upserts, mut deletes) = (0, 0);
+    for change in rollups {
+        let (row, deleted) = match change {
+            RollupChange::Upsert(row) => (row, false),
+            RollupChange::Delete(row) => (row, true),
+        };
+        if deleted {
+            deletes += 1;
+        } else {
+            upserts += 1;
+        }
+        let (first_seen, last_seen) =
+            (row.first_seen.map(micros_to_system_time), row.last_seen.map(micros_to_system_time));
+        let values: [&(dyn ToSql + Sync); 12] = [
+            &row.scope_kind.as_str(),
+            &row.scope_id,
+            &row.technique_id,
+            &row.sub_technique_id,
+            &row.tactic,
+            &row.tag_count,
+            &row.attacker_count,
+            &row.identity_count,
+            &first_seen,
+            &last_seen,
+            &row.confidence_max.0,
+            &deleted,
+        ];
+        writer.write(&values)?;
+    }
+    writer.finish()?;
+    if upserts > 0 {
+        tx.execute(
+            "INSERT INTO ttp_rollup (scope_kind, scope_id, technique_id, sub_technique_id, tactic, tag_count, \
+             attacker_count, identity_count, first_seen, last_seen, confidence_max) \
+             SELECT scope_kind, scope_id, technique_id, sub_technique_id, tactic, tag_count, attacker_count, \
+             identity_count, first_seen, last_seen, confidence_max FROM ttp_rollup_in WHERE NOT deleted \
+             ON CONFLICT (scope_kind, scope_id, technique_id, sub_technique_id, tactic) DO UPDATE SET \
+             tag_count = EXCLUDED.tag_count, attacker_count = EXCLUDED.attacker_count, \
+             identity_count = EXCLUDED.identity_count, first_seen = EXCLUDED.first_seen, \
+             last_seen = EXCLUDED.last_seen, confidence_max = EXCLUDED.confidence_max",
+            &[],
+        )?;
+    }
+    if deletes > 0 {
+        tx.execute(
+            "DELETE FROM ttp_rollup r USING ttp_rollup_in d \
+             WHERE d.deleted AND r.scope_kind = d.scope_kind AND r.scope_id = d.scope_id \
+             AND r.technique_id = d.technique_id AND r.sub_technique_id = d.sub_technique_id AND r.tactic = d.tactic",
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ttpflow_dataflows::record::Confidence;
+    use ttpflow_dataflows::rollup::ScopeKind;
+
+    use super::*;
+
+    fn row(scope_id: &str, technique_id: &str, tag_count: i64) -> RollupRow {
+        RollupRow {
+            scope_kind: ScopeKind::Attacker,
+            scope_id: scope_id.to_string(),
+            technique_id: technique_id.to_string(),
+            sub_technique_id: String::new(),
+            tactic: "TA0007".to_string(),
+            tag_count,
+            attacker_count: 1,
+            identity_count: 0,
+            first_seen: Some(1),
+            last_seen: Some(tag_count),
+            confidence_max: Confidence(0.5),
+        }
+    }
+
+    #[test]
+    fn an_epoch_nets_to_one_change_per_key() {
+        let changes = vec![
+            // Updated: the old row out, the new one in.
+            (row("a", "T1082", 1), -1),
+            (row("a", "T1082", 3), 1),
+            // Gone.
+            (row("b", "T1082", 2), -1),
+            // New.
+            (row("c", "T1082", 1), 1),
+            // Inserted and retracted within the epoch, then inserted again: an update.
+            (row("d", "T1082", 2), 1),
+            (row("d", "T1082", 1), -1),
+            (row("d", "T1082", 2), -1),
+            (row("d", "T1082", 3), 1),
+            // Inserted and retracted within the epoch, and the stored row retracted: a delete.
+            (row("e", "T1082", 5), 1),
+            (row("e", "T1082", 5), -1),
+            (row("e", "T1082", 4), -1),
+            // Cancels out entirely.
+            (row("f", "T1082", 1), 1),
+            (row("f", "T1082", 1), -1),
+        ];
+        let net = net_rollups(0, changes).unwrap();
+        assert_eq!(
+            net,
+            vec![
+                RollupChange::Upsert(row("a", "T1082", 3)),
+                RollupChange::Delete(row("b", "T1082", 2)),
+                RollupChange::Upsert(row("c", "T1082", 1)),
+                RollupChange::Upsert(row("d", "T1082", 3)),
+                RollupChange::Delete(row("e", "T1082", 4)),
+            ]
+        );
+    }
+
+    #[test]
+    fn two_rows_left_for_one_key_are_refused() {
+        let err = net_rollups(7, vec![(row("a", "T1082", 1), 1), (row("a", "T1082", 2), 1)]).unwrap_err();
+        assert!(matches!(err, PostgresError::RollupConflict { epoch: 7, .. }), "{err}");
+        assert!(err.to_string().contains("(attacker, \"a\", T1082, \"\", TA0007)"), "{err}");
+    }
 }

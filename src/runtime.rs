@@ -7,7 +7,8 @@
 //! write each epoch once it is complete, sorted by input position, so the files do not
 //! depend on the number of workers. Events still unanchored when the input ends become
 //! dead letters (`unanchored`). With a PostgreSQL sink, worker 0 also commits each
-//! complete epoch's tags with the progress of every input ([`crate::postgres`]).
+//! complete epoch's tags and rollup changes with the progress of every input
+//! ([`crate::postgres`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -171,13 +172,17 @@ fn run_worker(
         let records = records.inner.exchange(|(line, _, _): &(Line, Time, Diff)| line.pos.offset).as_collection();
         let outputs = ttpflow_dataflows::build(records, pack);
         let tags = outputs.tags.probe_with(&probe);
+        let rollups = outputs.rollups.probe_with(&probe);
         if options.postgres.is_some() {
-            commit_tags(tags.clone(), committer.clone());
+            // One stream, so the committer's frontier passes an epoch only once both the
+            // epoch's tags and its rollup changes are in.
+            let changes = tags.clone().map(Commit::Tag).concat(rollups.clone().map(Commit::Rollup));
+            commit_epochs(changes, committer.clone());
         }
         write_tags(tags, writers.clone());
         write_dead_letters(outputs.dead_letters.probe_with(&probe), writers.clone(), inputs.clone());
         write_unanchored(outputs.pending.probe_with(&probe), writers.clone(), inputs);
-        write_rollups(outputs.rollups.probe_with(&probe), writers.clone());
+        write_rollups(rollups, writers.clone());
         input
     });
 
@@ -275,16 +280,36 @@ fn on_worker_zero<D: timely::ExchangeData + Ord>(
     });
 }
 
+/// What the PostgreSQL sink commits per epoch.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+enum Commit {
+    Tag(Tag),
+    Rollup(RollupRow),
+}
+
+/// An epoch's changes as they arrive: new tags, and rollup rows with their differences.
+#[derive(Default)]
+struct EpochChanges {
+    tags: Vec<Tag>,
+    rollups: Vec<(RollupRow, Diff)>,
+}
+
 /// Commits each complete epoch to PostgreSQL, in epoch order, with the epoch's end
-/// positions, also when the epoch has no tags (its progress still moves).
-fn commit_tags(tags: Coll<'_, Tag>, committer: Option<Rc<RefCell<Committer>>>) {
-    let mut stash: BTreeMap<Time, Vec<Tag>> = BTreeMap::new();
+/// positions, also when the epoch has no changes (its progress still moves).
+fn commit_epochs(changes: Coll<'_, Commit>, committer: Option<Rc<RefCell<Committer>>>) {
+    let mut stash: BTreeMap<Time, EpochChanges> = BTreeMap::new();
     let mut finished = false;
-    tags.inner.sink(ExchangePact::new(|_: &(Tag, Time, Diff)| 0u64), "commit to postgres", move |(input, frontier)| {
+    let pact = ExchangePact::new(|_: &(Commit, Time, Diff)| 0u64);
+    changes.inner.sink(pact, "commit to postgres", move |(input, frontier)| {
         input.for_each(|_cap, data| {
-            // Stored rows are never updated: only additions are committed.
-            for (tag, t, _) in data.drain(..).filter(|(_, _, r)| *r > 0) {
-                stash.entry(t).or_default().push(tag);
+            for (change, t, r) in data.drain(..) {
+                let epoch = stash.entry(t).or_default();
+                match change {
+                    // Stored rows are never updated: only additions are committed.
+                    Commit::Tag(tag) if r > 0 => epoch.tags.push(tag),
+                    Commit::Tag(_) => {}
+                    Commit::Rollup(row) => epoch.rollups.push((row, r)),
+                }
             }
         });
         let Some(committer) = &committer else { return };
@@ -295,9 +320,9 @@ fn commit_tags(tags: Coll<'_, Tag>, committer: Option<Rc<RefCell<Committer>>>) {
                 break;
             }
             let (time, end) = entry.remove_entry();
-            let batch = stash.remove(&time).unwrap_or_default();
+            let changes = stash.remove(&time).unwrap_or_default();
             if committer.error.is_none() {
-                committer.error = committer.sink.epoch(&end, &batch).err();
+                committer.error = committer.sink.epoch(&end, &changes.tags, changes.rollups).err();
             }
         }
         if frontier.frontier().is_empty() && !finished {

@@ -1,4 +1,4 @@
-//! PostgreSQL sink: tables equal the JSONL outputs, idempotent migrations and reruns, and kill -9 recovery.
+//! PostgreSQL sink: tables equal the JSONL outputs, idempotent migrations and reruns, kill -9 recovery, views, Navigator export.
 //!
 //! A throw-away server is started once per test binary from the installed PostgreSQL
 //! binaries (`TTPFLOW_PG_BIN`, default `/usr/lib/postgresql/15/bin`), with its unix socket in
@@ -158,8 +158,17 @@ fn client(url: &str) -> postgres::Client {
     ttpflow::postgres::connect(url).expect("connect")
 }
 
-/// Runs the job in-process with `--postgres url`; returns the summary and tags.jsonl.
-fn run_pg(rules_dir: &Path, inputs: &[PathBuf], epoch_records: u64, url: &str) -> (Summary, Vec<Value>) {
+/// What an in-process run with `--postgres` wrote besides the database.
+struct PgRun {
+    summary: Summary,
+    /// tags.jsonl
+    tags: Vec<Value>,
+    /// rollups.jsonl
+    rollups: Vec<Value>,
+}
+
+/// Runs the job in-process with `--postgres url`.
+fn run_pg(rules_dir: &Path, inputs: &[PathBuf], epoch_records: u64, url: &str) -> PgRun {
     let loaded = rules::load(rules_dir, &LoadOptions::default()).expect("pack loads");
     let dir = tempfile::tempdir().expect("temp dir");
     let summary = runtime::run_files(RunOptions {
@@ -172,7 +181,8 @@ fn run_pg(rules_dir: &Path, inputs: &[PathBuf], epoch_records: u64, url: &str) -
         postgres: Some(url.to_string()),
     })
     .expect("run succeeds");
-    (summary, read_jsonl(&dir.path().join("tags.jsonl")).1)
+    let tags = read_jsonl(&dir.path().join("tags.jsonl")).1;
+    PgRun { summary, tags, rollups: read_jsonl(&dir.path().join("rollups.jsonl")).1 }
 }
 
 /// `ttp_tag` as tags.jsonl objects by uuid (without `created_at`).
@@ -211,12 +221,80 @@ fn stored_tags(url: &str) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Every row of `ttp_tag` and `ttp_progress` as text, with its `created_at` and its
-/// transaction id (which an update would change).
+/// A rollup row's key as text: scope kind, scope id, technique, sub-technique, tactic.
+fn rollup_key(row: &Value) -> String {
+    ["scope_kind", "scope_id", "technique_id", "sub_technique_id", "tactic"]
+        .iter()
+        .map(|field| row[field].as_str().unwrap_or_else(|| panic!("{field} of {row}")))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// `ttp_rollup` as rollups.jsonl objects by key (timestamps as rollups.jsonl writes them).
+fn stored_rollups(url: &str) -> BTreeMap<String, Value> {
+    let rows = client(url)
+        .query(
+            "SELECT scope_kind, scope_id, technique_id, sub_technique_id, tactic, tag_count, attacker_count, \
+             identity_count, to_char(first_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+             to_char(last_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), confidence_max \
+             FROM ttp_rollup",
+            &[],
+        )
+        .expect("read ttp_rollup");
+    rows.iter()
+        .map(|r| {
+            let row = json!({
+                "scope_kind": r.get::<_, String>(0),
+                "scope_id": r.get::<_, String>(1),
+                "technique_id": r.get::<_, String>(2),
+                "sub_technique_id": r.get::<_, String>(3),
+                "tactic": r.get::<_, String>(4),
+                "tag_count": r.get::<_, i64>(5),
+                "attacker_count": r.get::<_, i64>(6),
+                "identity_count": r.get::<_, i64>(7),
+                "first_seen": r.get::<_, Option<String>>(8),
+                "last_seen": r.get::<_, Option<String>>(9),
+                "confidence_max": r.get::<_, f64>(10),
+            });
+            (rollup_key(&row), row)
+        })
+        .collect()
+}
+
+/// Compares two rollup rows field by field (confidence within float parsing error).
+fn assert_same_rollup(stored: &Value, written: &Value, what: &str) {
+    let key = rollup_key(written);
+    let (a, b) = (stored["confidence_max"].as_f64().unwrap(), written["confidence_max"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-12, "{what}: confidence_max of {key}: {a} != {b}");
+    let without = |v: &Value| {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("confidence_max");
+        v
+    };
+    assert_eq!(without(stored), without(written), "{what}: ttp_rollup row {key} differs");
+}
+
+fn assert_same_rollups(stored: &BTreeMap<String, Value>, rollups: &[Value], what: &str) {
+    let written: BTreeMap<String, &Value> = rollups.iter().map(|r| (rollup_key(r), r)).collect();
+    assert_eq!(written.len(), rollups.len(), "{what}: rollups.jsonl repeats a key");
+    let missing: Vec<&String> = written.keys().filter(|k| !stored.contains_key(*k)).take(5).collect();
+    let extra: Vec<&String> = stored.keys().filter(|k| !written.contains_key(*k)).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: keys missing from ttp_rollup {missing:?}, extra {extra:?}"
+    );
+    for (key, row) in &written {
+        assert_same_rollup(&stored[key], row, what);
+    }
+}
+
+/// Every row of `ttp_tag`, `ttp_rollup` and `ttp_progress` as text, with its `created_at` and
+/// its transaction id (which an update would change).
 fn raw_rows(url: &str) -> Vec<String> {
     let mut rows: Vec<String> = client(url)
         .query(
             "SELECT 'tag ' || xmin::text || ' ' || t::text FROM ttp_tag t \
+             UNION ALL SELECT 'rollup ' || xmin::text || ' ' || r::text FROM ttp_rollup r \
              UNION ALL SELECT 'progress ' || xmin::text || ' ' || p::text FROM ttp_progress p \
              UNION ALL SELECT 'job ' || xmin::text || ' ' || j::text FROM ttp_job j",
             &[],
@@ -277,24 +355,36 @@ fn assert_same_tags(stored: &BTreeMap<String, Value>, tags: &[Value], what: &str
 }
 
 #[test]
-fn stored_tags_and_progress_equal_the_jsonl_outputs() {
+fn stored_tags_rollups_and_progress_equal_the_jsonl_outputs() {
     let dir = tempfile::tempdir().unwrap();
     for (name, rules_dir, inputs) in corpora(dir.path()) {
         let url = database(&format!("equal_{name}"));
         let started = Instant::now();
-        let (summary, tags) = run_pg(&rules_dir, &inputs, 256, &url);
+        // The example is small: small epochs, so its rows change across epochs too.
+        let epoch_records = if name == "fleet" { 4 } else { 256 };
+        let PgRun { summary, tags, rollups } = run_pg(&rules_dir, &inputs, epoch_records, &url);
         let stats = summary.postgres.expect("sink stats");
         println!(
-            "{name}: {} tags in {} epochs, sink {:.0} rows/s, run {:?}",
+            "{name}: {} tags and {} rollup upserts, {} deletes in {} epochs, sink {:.0} rows/s ({:?} committing), \
+             run {:?}",
             stats.rows_inserted,
+            stats.rollups_upserted,
+            stats.rollups_deleted,
             stats.epochs_committed,
-            stats.rows_sent as f64 / stats.elapsed.as_secs_f64().max(1e-9),
+            stats.rows_per_second(),
+            stats.elapsed,
             started.elapsed()
         );
         assert!(!tags.is_empty(), "{name}: the corpus yields tags");
         assert_eq!(stats.rows_inserted, tags.len() as u64, "{name}");
         assert_eq!(stats.epochs_skipped, 0, "{name}: a fresh database skips nothing");
         assert_same_tags(&stored_tags(&url), &tags, name);
+        assert!(!rollups.is_empty(), "{name}: the corpus yields rollup rows");
+        assert!(stats.rollups_upserted > rollups.len() as u64, "{name}: rows are updated across epochs");
+        if name == "dev" {
+            assert!(stats.rollups_deleted > 0, "{name}: the corpus's merges take identity rows away");
+        }
+        assert_same_rollups(&stored_rollups(&url), &rollups, name);
         assert_eq!(progress(&url), line_counts(&inputs), "{name}: progress is the line count of every input");
     }
 }
@@ -314,8 +404,8 @@ fn migrations_apply_once() {
         .collect();
     assert_eq!(versions, all);
     // A run on the migrated database applies nothing either.
-    let (_, tags) = run_pg(&root().join("rules"), &[root().join("examples/fleet.jsonl")], 4, &url);
-    assert!(!tags.is_empty());
+    let run = run_pg(&root().join("rules"), &[root().join("examples/fleet.jsonl")], 4, &url);
+    assert!(!run.tags.is_empty());
     let count: i64 = c.query_one("SELECT count(*) FROM ttpflow_migrations", &[]).unwrap().get(0);
     assert_eq!(count, all.len() as i64);
 }
@@ -325,16 +415,19 @@ fn a_second_run_commits_nothing_and_changes_no_row() {
     let dir = tempfile::tempdir().unwrap();
     let (name, rules_dir, inputs) = corpora(dir.path()).pop().unwrap();
     let url = database("rerun");
-    let (first, _) = run_pg(&rules_dir, &inputs, 500, &url);
+    let first = run_pg(&rules_dir, &inputs, 500, &url).summary;
     let before = raw_rows(&url);
-    let (second, tags) = run_pg(&rules_dir, &inputs, 500, &url);
+    assert!(before.iter().any(|row| row.starts_with("rollup ")), "{name}: the first run stores rollup rows");
+    let PgRun { summary: second, tags, rollups } = run_pg(&rules_dir, &inputs, 500, &url);
     let (first, second) = (first.postgres.unwrap(), second.postgres.unwrap());
     assert!(first.epochs_committed > 0);
     assert_eq!(second.epochs_committed, 0, "{name}: every epoch is covered by the stored progress");
     assert_eq!(second.epochs_skipped, first.epochs_committed + first.epochs_skipped);
     assert_eq!(second.rows_inserted, 0);
+    assert_eq!((second.rollups_upserted, second.rollups_deleted), (0, 0), "{name}: skipped epochs apply no rollups");
     assert!(before == raw_rows(&url), "{name}: the rerun changed rows");
     assert_same_tags(&stored_tags(&url), &tags, name);
+    assert_same_rollups(&stored_rollups(&url), &rollups, name);
     // Progress that no epoch of 7 records ends at (as if left by a run with another epoch
     // size) is refused.
     let first_input = inputs[0].display().to_string();
@@ -420,4 +513,273 @@ fn kill_9_and_rerun_give_the_tables_of_an_uninterrupted_run() {
     let (want, got) = (stored_tags(&whole), stored_tags(&killed));
     assert_eq!(want.len(), got.len(), "{name}: row counts after the kills");
     assert!(want == got, "{name}: ttp_tag after kill -9 and rerun differs from an uninterrupted run");
+    let (want, got) = (stored_rollups(&whole), stored_rollups(&killed));
+    assert!(!want.is_empty());
+    assert_eq!(want.len(), got.len(), "{name}: ttp_rollup row counts after the kills");
+    for (key, row) in &want {
+        let other = got.get(key).unwrap_or_else(|| panic!("{name}: rollup {key} missing after the kills"));
+        assert_same_rollup(other, row, &format!("{name} after kill -9 and rerun"));
+    }
+    // The last run wrote rollups.jsonl from the whole input, as the uninterrupted one did.
+    assert_same_rollups(&got, &read_jsonl(&out.join("rollups.jsonl")).1, name);
+}
+
+/// A pack of three command rules: a sub-technique under credential access, one under command
+/// and control, and a technique under discovery.
+fn merge_pack(dir: &Path) -> PathBuf {
+    let rule = |id: &str, pattern: &str, emits: &str| {
+        format!(
+            "rule_id: {id}\nrule_version: 1\nname: {id}\napplies_to: [command]\nmatch:\n  field: command_text\n  \
+             pattern: '{pattern}'\nemits:\n  - {emits}\nevidence_fields: [command_text]\n"
+        )
+    };
+    common::write_pack(
+        dir,
+        &[
+            (
+                "P0001",
+                &rule(
+                    "P0001",
+                    r"/etc/shadow\b",
+                    "{tactic: TA0006, technique_id: T1003, sub_technique_id: T1003.008, confidence: 0.9}",
+                ),
+            ),
+            (
+                "P0002",
+                &rule(
+                    "P0002",
+                    r"^curl\s",
+                    "{tactic: TA0011, technique_id: T1071, sub_technique_id: T1071.001, confidence: 0.6}",
+                ),
+            ),
+            ("P0003", &rule("P0003", r"^uname\b", "{tactic: TA0007, technique_id: T1082, confidence: 0.5}")),
+        ],
+    )
+}
+
+fn session(ip: &str, id: &str, commands: &[(&str, &str)]) -> String {
+    let commands: Vec<Value> = commands
+        .iter()
+        .enumerate()
+        .map(|(i, (text, ts))| json!({"command_text": text, "id": format!("{id}#{i}"), "ts": ts}))
+        .collect();
+    json!({"topic": "attacker.session.ended", "type": "session.ended", "payload": {
+        "attacker_ip": ip, "attacker_uuid": null, "session_id": id, "decky_id": "d-1", "commands": commands}})
+    .to_string()
+}
+
+fn table(topic: &str, key: &str, value: Value) -> String {
+    json!({"topic": topic, "key": key, "value": value}).to_string()
+}
+
+/// Two attackers of two identities in two campaigns, their sessions, then the second
+/// identity merged into the first: the merge retracts the second identity's and campaign's
+/// rows and raises the first's.
+fn merge_input(dir: &Path) -> PathBuf {
+    let identity = |id: &str, campaign: &str, into: Option<&str>| {
+        table("decnet.attacker_identities", id, json!({"uuid": id, "campaign_id": campaign, "merged_into_uuid": into}))
+    };
+    let attacker = |id: &str, ip: &str, identity: &str| {
+        table("decnet.attackers", id, json!({"uuid": id, "ip": ip, "identity_id": identity}))
+    };
+    let lines = [
+        table("decnet.campaigns", "c-1", json!({"uuid": "c-1", "merged_into_uuid": null})),
+        table("decnet.campaigns", "c-2", json!({"uuid": "c-2", "merged_into_uuid": null})),
+        identity("i-1", "c-1", None),
+        identity("i-2", "c-2", None),
+        attacker("a-1", "192.0.2.1", "i-1"),
+        attacker("a-2", "192.0.2.2", "i-2"),
+        session(
+            "192.0.2.1",
+            "s-1",
+            &[
+                ("uname -a", "2026-01-01T10:00:00Z"),
+                ("cat /etc/shadow", "2026-01-01T10:00:05Z"),
+                ("curl http://203.0.113.9/x", "2026-01-01T10:00:10Z"),
+            ],
+        ),
+        session(
+            "192.0.2.2",
+            "s-2",
+            &[("uname -r", "2026-01-01T11:00:00Z"), ("cat /etc/shadow", "2026-01-01T11:00:30Z")],
+        ),
+        session("192.0.2.1", "s-3", &[("uname", "2026-01-01T12:00:00Z")]),
+        identity("i-2", "c-2", Some("i-1")),
+    ];
+    let path = dir.join("merge.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+#[test]
+fn a_merge_moves_rollup_rows_with_updates_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rules_dir, input) = (merge_pack(dir.path()), merge_input(dir.path()));
+    let url = database("merge");
+    // One record per epoch: every row is inserted, updated and deleted in its own epoch.
+    let PgRun { summary, tags, rollups } = run_pg(&rules_dir, &[input], 1, &url);
+    let stats = summary.postgres.unwrap();
+    assert_eq!(tags.len(), 6);
+    let stored = stored_rollups(&url);
+    assert_same_rollups(&stored, &rollups, "merge");
+    // i-2's and c-2's two techniques each.
+    assert_eq!(stats.rollups_deleted, 4, "{stats:?}");
+    assert!(stored.keys().all(|k| !k.contains("|i-2|") && !k.contains("|c-2|")), "{:?}", stored.keys());
+    let row = |key: &str| stored.get(key).unwrap_or_else(|| panic!("no row {key}: {:?}", stored.keys()));
+    let campaign = row("campaign|c-1|T1082||TA0007");
+    assert_eq!(
+        (&campaign["tag_count"], &campaign["attacker_count"], &campaign["identity_count"]),
+        (&json!(3), &json!(2), &json!(1))
+    );
+    assert_eq!(campaign["first_seen"], "2026-01-01T10:00:00.000000Z");
+    assert_eq!(campaign["last_seen"], "2026-01-01T12:00:00.000000Z");
+    assert_eq!(row("identity|i-1|T1003|T1003.008|TA0006")["tag_count"], 2);
+    assert_eq!(row("attacker|a-2|T1003|T1003.008|TA0006")["tag_count"], 1);
+    assert_eq!(row("session|s-3|T1082||TA0007")["tag_count"], 1);
+    assert_eq!(row("fleet||T1071|T1071.001|TA0011")["confidence_max"], 0.6);
+}
+
+/// Runs `ttpflow export navigator --scope scope` against `url`.
+fn export(url: &str, scope: &str, out: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ttpflow"))
+        .args(["export", "navigator", "--scope", scope, "--out"])
+        .arg(out)
+        .env("TTPFLOW_POSTGRES", url)
+        .env("TTPFLOW_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("ttpflow runs")
+}
+
+/// (techniqueID, tactic, score) of a layer's techniques, in the layer's order.
+fn layer_techniques(layer: &Value) -> Vec<(String, String, i64)> {
+    layer["techniques"]
+        .as_array()
+        .expect("techniques array")
+        .iter()
+        .map(|t| {
+            (
+                t["techniqueID"].as_str().unwrap().into(),
+                t["tactic"].as_str().unwrap().into(),
+                t["score"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn navigator_layers_of_a_campaign_an_identity_an_attacker_and_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rules_dir, input) = (merge_pack(dir.path()), merge_input(dir.path()));
+    let url = database("navigator");
+    run_pg(&rules_dir, &[input], 1, &url);
+    let out = dir.path().join("layer.json");
+    let layer = |scope: &str| {
+        let output = export(&url, scope, &out);
+        assert!(output.status.success(), "{scope}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_str::<Value>(&std::fs::read_to_string(&out).unwrap()).expect("the layer is JSON")
+    };
+    let t = |id: &str, tactic: &str, score: i64| (id.to_string(), tactic.to_string(), score);
+    let all = vec![
+        t("T1003.008", "credential-access", 2),
+        t("T1071.001", "command-and-control", 1),
+        t("T1082", "discovery", 3),
+    ];
+
+    let campaign = layer("campaign:c-1");
+    assert_eq!(campaign["versions"], json!({"layer": "4.5", "navigator": "5.1.0", "attack": "15"}));
+    assert_eq!(campaign["domain"], "enterprise-attack");
+    assert!(campaign["name"].as_str().unwrap().contains("campaign:c-1"), "{}", campaign["name"]);
+    assert!(campaign["description"].as_str().unwrap().contains("campaign \"c-1\""), "{}", campaign["description"]);
+    assert_eq!(layer_techniques(&campaign), all);
+    let discovery = &campaign["techniques"][2];
+    assert_eq!(
+        discovery["comment"],
+        "3 tags, 2 attackers, 1 identity; first seen 2026-01-01T10:00:00.000000Z, \
+         last seen 2026-01-01T12:00:00.000000Z; confidence max 0.50"
+    );
+    assert_eq!(campaign["gradient"]["maxValue"], 3);
+    assert_eq!(layer_techniques(&layer("identity:i-1")), all);
+    assert_eq!(layer_techniques(&layer("fleet")), all);
+    assert_eq!(
+        layer_techniques(&layer("attacker:a-2")),
+        vec![t("T1003.008", "credential-access", 1), t("T1082", "discovery", 1)]
+    );
+
+    // A scope that is not one, and one with no rows (c-2 went away in the merge).
+    for (scope, message) in [
+        ("campaign", "malformed scope \"campaign\""),
+        ("team:x", "malformed scope \"team:x\""),
+        ("campaign:c-2", "no rollup rows for scope \"campaign:c-2\""),
+        ("identity:nobody", "no rollup rows for scope \"identity:nobody\""),
+    ] {
+        let output = export(&url, scope, &dir.path().join("refused.json"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{scope}: exit status {}", output.status);
+        assert!(stderr.contains(message), "{scope}: {stderr}");
+        assert!(!dir.path().join("refused.json").exists(), "{scope}: no layer is written");
+    }
+}
+
+#[test]
+fn the_views_agree_with_ttp_rollup_and_ttp_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rules_dir, input) = (merge_pack(dir.path()), merge_input(dir.path()));
+    let mut cases = vec![("views_merge", rules_dir, vec![input])];
+    let (name, rules_dir, inputs) = corpora(dir.path()).pop().unwrap();
+    cases.push(if name == "dev" { ("views_dev", rules_dir, inputs) } else { ("views_fleet", rules_dir, inputs) });
+    for (db, rules_dir, inputs) in cases {
+        let url = database(db);
+        run_pg(&rules_dir, &inputs, 200, &url);
+        let mut c = client(&url);
+        let mut text = |sql: &str| -> Vec<String> {
+            let mut rows: Vec<String> =
+                c.query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).iter().map(|r| r.get(0)).collect();
+            rows.sort();
+            rows
+        };
+        // Each view is its scope's rows of ttp_rollup, sub-technique '' as null.
+        for (view, kind, id) in [
+            ("ttp_techniques_by_identity", "identity", "identity_uuid"),
+            ("ttp_techniques_by_attacker", "attacker", "attacker_uuid"),
+            ("ttp_techniques_by_session", "session", "session_id"),
+            ("ttp_techniques_by_campaign", "campaign", "campaign_id"),
+            ("ttp_techniques_fleet", "fleet", "''"),
+        ] {
+            let from_view = text(&format!(
+                "SELECT concat_ws('|', {id}, technique_id, coalesce(sub_technique_id, '<none>'), tactic, count, \
+                 first_seen, last_seen, confidence_max, mitre_url) FROM {view}"
+            ));
+            let from_table = text(&format!(
+                "SELECT concat_ws('|', scope_id, technique_id, coalesce(nullif(sub_technique_id, ''), '<none>'), \
+                 tactic, tag_count, first_seen, last_seen, confidence_max, 'https://attack.mitre.org/techniques/' \
+                 || replace(coalesce(nullif(sub_technique_id, ''), technique_id), '.', '/') || '/') \
+                 FROM ttp_rollup WHERE scope_kind = '{kind}'"
+            ));
+            assert!(!from_table.is_empty(), "{db}: no {kind} rows");
+            assert_eq!(from_view, from_table, "{db}: {view}");
+        }
+        // The tag inspector's rows add up to the rollups of the scopes a tag names itself.
+        for (view, id) in [
+            ("ttp_techniques_by_attacker", "attacker_uuid"),
+            ("ttp_techniques_by_session", "session_id"),
+            ("ttp_techniques_fleet", "''"),
+        ] {
+            let rollup = text(&format!(
+                "SELECT concat_ws('|', {id}, technique_id, sub_technique_id, tactic, count, first_seen, last_seen) \
+                 FROM {view}"
+            ));
+            let group = if id == "''" { String::new() } else { format!("{id}, ") };
+            let tags = text(&format!(
+                "SELECT concat_ws('|', {id}, technique_id, sub_technique_id, tactic, count(*), min(observed_at), \
+                 max(observed_at)) FROM ttp_tag_details WHERE {id} IS NOT NULL \
+                 GROUP BY {group}technique_id, sub_technique_id, tactic"
+            ));
+            assert_eq!(rollup, tags, "{db}: {view} against ttp_tag_details");
+        }
+        let urls = text("SELECT mitre_url FROM ttp_tag_details WHERE sub_technique_id = 'T1003.008' LIMIT 1");
+        if db == "views_merge" {
+            assert_eq!(urls, vec!["https://attack.mitre.org/techniques/T1003/008/".to_string()]);
+        }
+    }
 }
