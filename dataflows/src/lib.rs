@@ -57,6 +57,10 @@ pub struct Outputs<'s> {
     pub pending: Coll<'s, (String, Event)>,
     /// The rollup rows: one per scope and technique, changing as their numbers change.
     pub rollups: Coll<'s, rollup::RollupRow>,
+    /// The live reference maps the rollups follow (attacker → canonical identity, …).
+    pub references: identity::References<'s>,
+    /// R0058's bump state: attackers whose latest intel verdict is malicious.
+    pub intel_bumps: Coll<'s, (String, intel::Bump)>,
 }
 
 /// Builds the graph over a collection of raw records.
@@ -85,13 +89,15 @@ pub fn build<'s>(records: Coll<'s, Line>, pack: Arc<RulePack>) -> Outputs<'s> {
     });
     let rollups = scope.region_named("rollup", |r| {
         let refs = references.enter_region(r);
-        rollup::stage(stored.clone().enter_region(r), &refs, intel.bumps.enter_region(r)).leave_region(scope)
+        rollup::stage(stored.clone().enter_region(r), &refs, intel.bumps.clone().enter_region(r)).leave_region(scope)
     });
     Outputs {
         tags: stored,
-        dead_letters: decoded.dead_letters.concat(anchored.dead_letters).concat(references.dead_letters),
+        dead_letters: decoded.dead_letters.concat(anchored.dead_letters).concat(references.dead_letters.clone()),
         pending: anchored.pending,
         rollups,
+        references,
+        intel_bumps: intel.bumps,
     }
 }
 

@@ -764,6 +764,80 @@ fn keys_of(anchor: AnchorId, placement: &Placement, session: Option<Id>, techniq
     keys
 }
 
+/// The reference maps as plain maps, for [`recompute`].
+#[derive(Clone, Debug, Default)]
+pub struct ReferenceState {
+    /// Attacker → canonical identity.
+    pub attacker_identity: BTreeMap<String, String>,
+    /// Identity → canonical identity.
+    pub identity_canonical: BTreeMap<String, String>,
+    /// Canonical identity → canonical campaign.
+    pub identity_campaign: BTreeMap<String, String>,
+    /// Attacker → bump in millionths.
+    pub bumps: BTreeMap<String, i64>,
+}
+
+/// The rollups recomputed from scratch, tag by tag, from stored tags and a reference
+/// state: what the stage's output must equal after every epoch (its oracle, also used
+/// by the tests over whole corpora).
+pub fn recompute(tags: &[Tag], refs: &ReferenceState) -> BTreeSet<RollupRow> {
+    #[derive(Default)]
+    struct Acc {
+        tags: i64,
+        attackers: BTreeSet<String>,
+        identities: BTreeSet<String>,
+        first: Option<i64>,
+        last: Option<i64>,
+        confidence: Option<Confidence>,
+    }
+    let mut accs: BTreeMap<(ScopeKind, String, String, String, String), Acc> = BTreeMap::new();
+    for tag in tags {
+        let identity = match (&tag.attacker_uuid, &tag.identity_uuid) {
+            (Some(a), _) => refs.attacker_identity.get(a).cloned(),
+            (None, Some(i)) => Some(refs.identity_canonical.get(i).unwrap_or(i).clone()),
+            (None, None) => None,
+        };
+        let campaign = identity.as_ref().and_then(|i| refs.identity_campaign.get(i)).cloned();
+        let bump = tag.attacker_uuid.as_ref().and_then(|a| refs.bumps.get(a));
+        let confidence = match bump {
+            Some(micros) if tag.source_kind == INTEL_SOURCE => raised(tag.confidence, *micros),
+            _ => tag.confidence,
+        };
+        let mut scopes = vec![(ScopeKind::Fleet, String::new())];
+        scopes.extend(tag.attacker_uuid.clone().map(|a| (ScopeKind::Attacker, a)));
+        scopes.extend(identity.clone().map(|i| (ScopeKind::Identity, i)));
+        scopes.extend(campaign.map(|c| (ScopeKind::Campaign, c)));
+        scopes.extend(tag.session_id.clone().map(|s| (ScopeKind::Session, s)));
+        for (kind, id) in scopes {
+            let sub = tag.sub_technique_id.clone().unwrap_or_default();
+            let acc = accs.entry((kind, id, tag.technique_id.clone(), sub, tag.tactic.clone())).or_default();
+            acc.tags += 1;
+            acc.attackers.extend(tag.attacker_uuid.clone());
+            acc.identities.extend(identity.clone());
+            if let Some(t) = tag.observed_at {
+                acc.first = Some(acc.first.map_or(t, |f| f.min(t)));
+                acc.last = Some(acc.last.map_or(t, |l| l.max(t)));
+            }
+            acc.confidence = acc.confidence.max(Some(confidence));
+        }
+    }
+    accs.into_iter()
+        .map(|((scope_kind, scope_id, technique_id, sub_technique_id, tactic), acc)| RollupRow {
+            scope_kind,
+            scope_id,
+            technique_id,
+            sub_technique_id,
+            tactic,
+            tag_count: acc.tags,
+            attacker_count: acc.attackers.len() as i64,
+            identity_count: acc.identities.len() as i64,
+            first_seen: acc.first,
+            last_seen: acc.last,
+            confidence_max: acc.confidence.unwrap_or(Confidence(0.0)),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
@@ -1263,64 +1337,14 @@ mod tests {
             }
         }
 
-        /// The rollups recomputed from every tag so far, tag by tag.
         fn expected(&self) -> BTreeSet<RollupRow> {
-            #[derive(Default)]
-            struct Acc {
-                tags: i64,
-                attackers: BTreeSet<String>,
-                identities: BTreeSet<String>,
-                first: Option<i64>,
-                last: Option<i64>,
-                confidence: Option<Confidence>,
-            }
-            let mut accs: BTreeMap<(ScopeKind, String, String, String, String), Acc> = BTreeMap::new();
-            for tag in &self.tags {
-                let identity = match (&tag.attacker_uuid, &tag.identity_uuid) {
-                    (Some(a), _) => self.attackers.get(a).cloned(),
-                    (None, Some(i)) => Some(self.canonical.get(i).unwrap_or(i).clone()),
-                    (None, None) => None,
-                };
-                let campaign = identity.as_ref().and_then(|i| self.campaigns.get(i)).cloned();
-                let bump = tag.attacker_uuid.as_ref().and_then(|a| self.bumps.get(a));
-                let confidence = match bump {
-                    Some(micros) if tag.source_kind == INTEL_SOURCE => raised(tag.confidence, *micros),
-                    _ => tag.confidence,
-                };
-                let mut scopes = vec![(ScopeKind::Fleet, String::new())];
-                scopes.extend(tag.attacker_uuid.clone().map(|a| (ScopeKind::Attacker, a)));
-                scopes.extend(identity.clone().map(|i| (ScopeKind::Identity, i)));
-                scopes.extend(campaign.map(|c| (ScopeKind::Campaign, c)));
-                scopes.extend(tag.session_id.clone().map(|s| (ScopeKind::Session, s)));
-                for (kind, id) in scopes {
-                    let sub = tag.sub_technique_id.clone().unwrap_or_default();
-                    let key = (kind, id, tag.technique_id.clone(), sub, tag.tactic.clone());
-                    let acc = accs.entry(key).or_default();
-                    acc.tags += 1;
-                    acc.attackers.extend(tag.attacker_uuid.clone());
-                    acc.identities.extend(identity.clone());
-                    if let Some(t) = tag.observed_at {
-                        acc.first = Some(acc.first.map_or(t, |f| f.min(t)));
-                        acc.last = Some(acc.last.map_or(t, |l| l.max(t)));
-                    }
-                    acc.confidence = acc.confidence.max(Some(confidence));
-                }
-            }
-            accs.into_iter()
-                .map(|((scope_kind, scope_id, technique_id, sub_technique_id, tactic), acc)| RollupRow {
-                    scope_kind,
-                    scope_id,
-                    technique_id,
-                    sub_technique_id,
-                    tactic,
-                    tag_count: acc.tags,
-                    attacker_count: acc.attackers.len() as i64,
-                    identity_count: acc.identities.len() as i64,
-                    first_seen: acc.first,
-                    last_seen: acc.last,
-                    confidence_max: acc.confidence.expect("a key has a tag"),
-                })
-                .collect()
+            let refs = ReferenceState {
+                attacker_identity: self.attackers.clone(),
+                identity_canonical: self.canonical.clone(),
+                identity_campaign: self.campaigns.clone(),
+                bumps: self.bumps.clone(),
+            };
+            recompute(&self.tags, &refs)
         }
     }
 

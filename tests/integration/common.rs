@@ -33,6 +33,7 @@ pub struct Output {
     pub dead_letters: Vec<Value>,
     pub tags_text: String,
     pub dead_letters_text: String,
+    pub rollups_text: String,
     _dir: tempfile::TempDir,
 }
 
@@ -72,7 +73,8 @@ pub fn run_with_artifacts(
     .expect("run succeeds");
     let (tags_text, tags) = read_jsonl(&dir.path().join("tags.jsonl"));
     let (dead_letters_text, dead_letters) = read_jsonl(&dir.path().join("dead_letters.jsonl"));
-    Output { summary, tags, dead_letters, tags_text, dead_letters_text, _dir: dir }
+    let (rollups_text, _) = read_jsonl(&dir.path().join("rollups.jsonl"));
+    Output { summary, tags, dead_letters, tags_text, dead_letters_text, rollups_text, _dir: dir }
 }
 
 /// Writes a pack of `(rule_id, yaml)` rules to `dir/rules` and returns its path.

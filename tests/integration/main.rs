@@ -5,6 +5,7 @@ mod common;
 mod pipeline;
 mod postgres;
 mod regression;
+mod rollups;
 mod rules_pack;
 mod schemas;
 mod windows;

@@ -137,6 +137,8 @@ fn workers_do_not_change_the_output() {
         assert!(!one.tags.is_empty());
         assert!(one.tags_text == two.tags_text, "tags.jsonl differs between -w 1 and -w 2 for {inputs:?}");
         assert!(one.dead_letters_text == two.dead_letters_text, "dead_letters.jsonl differs between -w 1 and -w 2");
+        assert!(!one.rollups_text.is_empty());
+        assert!(one.rollups_text == two.rollups_text, "rollups.jsonl differs between -w 1 and -w 2");
     }
 }
 
