@@ -88,6 +88,9 @@ struct Writers {
     tags: JsonlWriter,
     dead_letters: JsonlWriter,
     rollups: JsonlWriter,
+    /// The letters of records still unanchored when the input ended, written after every
+    /// epoch's letters: the sinks finish in an order that depends on the workers.
+    unanchored: Vec<DeadLetter>,
     error: Option<FileError>,
 }
 
@@ -160,6 +163,7 @@ fn run_worker(
             tags: JsonlWriter::create(options.out.join("tags.jsonl"))?,
             dead_letters: JsonlWriter::create(options.out.join("dead_letters.jsonl"))?,
             rollups: JsonlWriter::create(options.out.join("rollups.jsonl"))?,
+            unanchored: Vec::new(),
             error: None,
         }))),
         _ => None,
@@ -181,7 +185,7 @@ fn run_worker(
         }
         write_tags(tags, writers.clone());
         write_dead_letters(outputs.dead_letters.probe_with(&probe), writers.clone(), inputs.clone());
-        write_unanchored(outputs.pending.probe_with(&probe), writers.clone(), inputs);
+        write_unanchored(outputs.pending.probe_with(&probe), writers.clone());
         write_rollups(rollups, writers.clone());
         input
     });
@@ -232,11 +236,14 @@ fn run_worker(
         None => None,
     };
     let Some(writers) = writers else { return Ok(Summary::default()) };
-    let Writers { tags, dead_letters, rollups, error } = Rc::try_unwrap(writers)
+    let Writers { tags, mut dead_letters, rollups, unanchored, error } = Rc::try_unwrap(writers)
         .map_err(|_| RunError::Workers("output files still in use after the dataflow ended".to_string()))?
         .into_inner();
     if let Some(e) = error {
         return Err(e.into());
+    }
+    for dead in &unanchored {
+        dead_letters.write_with(|line| dead_letter_json(dead, &options.inputs, line))?;
     }
     Ok(Summary {
         records,
@@ -400,7 +407,7 @@ fn write_rollups(rollups: Coll<'_, RollupRow>, writers: Option<Rc<RefCell<Writer
 type Waiting = BTreeMap<Pos, (String, String, Diff)>;
 
 /// Accumulates the pending collection; what remains when the input ends is unanchored.
-fn write_unanchored(pending: Coll<'_, (String, Event)>, writers: Option<Rc<RefCell<Writers>>>, inputs: Vec<PathBuf>) {
+fn write_unanchored(pending: Coll<'_, (String, Event)>, writers: Option<Rc<RefCell<Writers>>>) {
     let state: Rc<RefCell<Waiting>> = Rc::default();
     let accumulate = Rc::clone(&state);
     on_worker_zero(
@@ -419,17 +426,13 @@ fn write_unanchored(pending: Coll<'_, (String, Event)>, writers: Option<Rc<RefCe
         move || {
             let Some(w) = &writers else { return };
             let state = state.borrow();
-            w.borrow_mut().write(|w| {
-                state.iter().filter(|(_, (_, _, n))| *n > 0).try_for_each(|(pos, (ip, topic, _))| {
-                    let dead = DeadLetter {
-                        pos: *pos,
-                        topic: Some(topic.clone()),
-                        reason: Reason::Unanchored,
-                        detail: format!("no attacker known for IP \"{ip}\" by the end of input"),
-                    };
-                    w.dead_letters.write_with(|line| dead_letter_json(&dead, &inputs, line))
-                })
+            let letters = state.iter().filter(|(_, (_, _, n))| *n > 0).map(|(pos, (ip, topic, _))| DeadLetter {
+                pos: *pos,
+                topic: Some(topic.clone()),
+                reason: Reason::Unanchored,
+                detail: format!("no attacker known for IP \"{ip}\" by the end of input"),
             });
+            w.borrow_mut().unanchored.extend(letters);
         },
     );
 }
