@@ -1,4 +1,5 @@
-//! The ttpflow graph: honeypot bus records in, stored ATT&CK technique tags out.
+//! The ttpflow graph: honeypot bus records in, stored ATT&CK technique tags and their
+//! rollups out.
 //!
 //! ```text
 //! records ─ decode ─┬─ events ── anchor (real shapes; ⋈ attackers by ip) ── fan-out (session → commands)
@@ -13,6 +14,10 @@
 //!                                                                              │
 //!                                                  store: tags distinct by uuid, insert-only,
 //!                                                  earliest record wins
+//!                                                                              │
+//!   identity: table rows + identity events →      rollup: per attacker, canonical identity,
+//!   attacker → canonical identity → canonical ──── canonical campaign, session and fleet;
+//!   campaign (closures of merged_into)             semigroup accumulators, sharded by technique
 //! ```
 //!
 //! Timely timestamps are epochs (one per source batch); event time is data. Every stage
