@@ -16,6 +16,8 @@ use std::time::SystemTime;
 
 use postgres::Client;
 use serde_json::{json, Value};
+use ttpflow_dataflows::record::Confidence;
+use ttpflow_dataflows::rollup::{RollupRow, ScopeKind};
 use ttpflow_dataflows::time::format_rfc3339;
 
 use crate::postgres::PostgresError;
@@ -87,13 +89,13 @@ impl FromStr for Scope {
 
 impl Scope {
     /// `scope_kind` in `ttp_rollup`.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ScopeKind {
         match self {
-            Scope::Attacker(_) => "attacker",
-            Scope::Identity(_) => "identity",
-            Scope::Campaign(_) => "campaign",
-            Scope::Session(_) => "session",
-            Scope::Fleet => "fleet",
+            Scope::Attacker(_) => ScopeKind::Attacker,
+            Scope::Identity(_) => ScopeKind::Identity,
+            Scope::Campaign(_) => ScopeKind::Campaign,
+            Scope::Session(_) => ScopeKind::Session,
+            Scope::Fleet => ScopeKind::Fleet,
         }
     }
 
@@ -110,7 +112,7 @@ impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Scope::Fleet => f.write_str("fleet"),
-            _ => write!(f, "{}:{}", self.kind(), self.id()),
+            _ => write!(f, "{}:{}", self.kind().as_str(), self.id()),
         }
     }
 }
@@ -132,22 +134,6 @@ pub enum NavigatorError {
     UnknownScope(String),
 }
 
-/// One rollup row of a scope.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScopeTechnique {
-    pub technique_id: String,
-    /// `""` for none.
-    pub sub_technique_id: String,
-    pub tactic: String,
-    pub tag_count: i64,
-    pub attacker_count: i64,
-    pub identity_count: i64,
-    /// Event time, microseconds since the Unix epoch.
-    pub first_seen: Option<i64>,
-    pub last_seen: Option<i64>,
-    pub confidence_max: f64,
-}
-
 fn system_time_micros(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => d.as_micros() as i64,
@@ -156,12 +142,12 @@ fn system_time_micros(t: SystemTime) -> i64 {
 }
 
 /// Reads the rollup rows of `scope`; a scope without rows is an error.
-pub fn read_scope(client: &mut Client, scope: &Scope) -> Result<Vec<ScopeTechnique>, NavigatorError> {
+pub fn read_scope(client: &mut Client, scope: &Scope) -> Result<Vec<RollupRow>, NavigatorError> {
     let rows = client
         .query(
             "SELECT technique_id, sub_technique_id, tactic, tag_count, attacker_count, identity_count, first_seen, \
              last_seen, confidence_max FROM ttp_rollup WHERE scope_kind = $1 AND scope_id = $2",
-            &[&scope.kind(), &scope.id()],
+            &[&scope.kind().as_str(), &scope.id()],
         )
         .map_err(|source| {
             if source.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) {
@@ -175,7 +161,9 @@ pub fn read_scope(client: &mut Client, scope: &Scope) -> Result<Vec<ScopeTechniq
     }
     Ok(rows
         .iter()
-        .map(|r| ScopeTechnique {
+        .map(|r| RollupRow {
+            scope_kind: scope.kind(),
+            scope_id: scope.id().to_string(),
             technique_id: r.get(0),
             sub_technique_id: r.get(1),
             tactic: r.get(2),
@@ -184,7 +172,7 @@ pub fn read_scope(client: &mut Client, scope: &Scope) -> Result<Vec<ScopeTechniq
             identity_count: r.get(5),
             first_seen: r.get::<_, Option<SystemTime>>(6).map(system_time_micros),
             last_seen: r.get::<_, Option<SystemTime>>(7).map(system_time_micros),
-            confidence_max: r.get(8),
+            confidence_max: Confidence(r.get(8)),
         })
         .collect())
 }
@@ -216,13 +204,13 @@ struct Entry {
 impl Entry {
     /// Folds in another row of the same entry, which only rows with disagreeing ids or
     /// with tactics [`TACTICS`] does not know give; the distinct counts are then lower bounds.
-    fn add(&mut self, row: &ScopeTechnique) {
+    fn add(&mut self, row: &RollupRow) {
         self.tag_count += row.tag_count;
         self.attacker_count = self.attacker_count.max(row.attacker_count);
         self.identity_count = self.identity_count.max(row.identity_count);
         self.first_seen = [self.first_seen, row.first_seen].into_iter().flatten().min();
         self.last_seen = [self.last_seen, row.last_seen].into_iter().flatten().max();
-        self.confidence_max = self.confidence_max.max(row.confidence_max);
+        self.confidence_max = self.confidence_max.max(row.confidence_max.0);
     }
 
     fn comment(&self) -> String {
@@ -256,7 +244,7 @@ impl Entry {
 }
 
 /// The Navigator layer of a scope's rows.
-pub fn layer(scope: &Scope, attack_release: &str, rows: &[ScopeTechnique]) -> Value {
+pub fn layer(scope: &Scope, attack_release: &str, rows: &[RollupRow]) -> Value {
     // By (techniqueID, tactic shortname), so the entries come out in a stable order.
     let mut entries: BTreeMap<(String, Option<&'static str>), Entry> = BTreeMap::new();
     for row in rows {
@@ -274,7 +262,7 @@ pub fn layer(scope: &Scope, attack_release: &str, rows: &[ScopeTechnique]) -> Va
                         identity_count: row.identity_count,
                         first_seen: row.first_seen,
                         last_seen: row.last_seen,
-                        confidence_max: row.confidence_max,
+                        confidence_max: row.confidence_max.0,
                     },
                 );
             }
@@ -303,7 +291,7 @@ pub fn layer(scope: &Scope, attack_release: &str, rows: &[ScopeTechnique]) -> Va
         .collect();
     let what = match scope {
         Scope::Fleet => "the fleet".to_string(),
-        _ => format!("{} \"{}\"", scope.kind(), scope.id()),
+        _ => format!("{} \"{}\"", scope.kind().as_str(), scope.id()),
     };
     json!({
         "name": format!("ttpflow: {scope}"),
@@ -327,8 +315,10 @@ pub fn layer(scope: &Scope, attack_release: &str, rows: &[ScopeTechnique]) -> Va
 mod tests {
     use super::*;
 
-    fn row(technique_id: &str, sub: &str, tactic: &str, tag_count: i64) -> ScopeTechnique {
-        ScopeTechnique {
+    fn row(technique_id: &str, sub: &str, tactic: &str, tag_count: i64) -> RollupRow {
+        RollupRow {
+            scope_kind: ScopeKind::Campaign,
+            scope_id: "c-1".into(),
             technique_id: technique_id.into(),
             sub_technique_id: sub.into(),
             tactic: tactic.into(),
@@ -337,7 +327,7 @@ mod tests {
             identity_count: 1,
             first_seen: Some(1_700_000_000_000_000),
             last_seen: Some(1_700_000_060_000_000),
-            confidence_max: 0.8,
+            confidence_max: Confidence(0.8),
         }
     }
 
