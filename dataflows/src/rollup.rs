@@ -53,7 +53,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use differential_dataflow::difference::Semigroup;
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -192,7 +191,7 @@ enum Reference {
 
 /// The accumulated tags of one source (an anchor's tags of one technique, of all
 /// sessions or of one): a semigroup, since tags only arrive.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Agg {
     tags: i64,
     first_seen: Option<i64>,
@@ -229,13 +228,8 @@ impl Agg {
     }
 }
 
-impl differential_dataflow::difference::IsZero for Agg {
-    fn is_zero(&self) -> bool {
-        self.tags == 0
-    }
-}
-
-impl Semigroup for Agg {
+impl Agg {
+    /// Folds in the aggregate of more tags of the same source.
     fn plus_equals(&mut self, rhs: &Self) {
         self.tags += rhs.tags;
         self.first_seen = min_some(self.first_seen, rhs.first_seen);
