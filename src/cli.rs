@@ -1,15 +1,19 @@
-//! The command line: `ttpflow run`, `ttpflow rules check` and `ttpflow export navigator`.
+//! The command line: `ttpflow run`, `ttpflow replay`, `ttpflow rules check` and `ttpflow
+//! export navigator`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
+use crate::config::JobConfig;
 use crate::navigator::{self, Scope};
 use crate::rules::{self, LoadOptions, LoadedPack, Problem};
 use crate::runtime::{self, RunOptions};
+use crate::stream;
 
 #[derive(Debug, Parser)]
 #[command(name = "ttpflow", version, about = "Honeypot fleet events to MITRE ATT&CK technique tags")]
@@ -20,8 +24,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the job (embedded: JSONL inputs to an output directory).
+    /// Run the job: on Kafka when brokers are configured (until SIGINT/SIGTERM), else
+    /// embedded, over JSONL inputs into an output directory.
     Run(RunArgs),
+    /// Re-derive tags and rollups from the Kafka topics, from offset zero (or an offset or
+    /// time) to the high watermarks read at start, then exit; publishes nothing.
+    Replay(ReplayArgs),
     /// Work with rule packs.
     Rules {
         #[command(subcommand)]
@@ -68,41 +76,180 @@ pub enum RulesCommand {
     },
 }
 
+/// Timely cluster flags.
+#[derive(Debug, Args, Clone)]
+pub struct ClusterArgs {
+    /// Timely worker threads per process.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    pub workers: usize,
+    /// Processes in the cluster.
+    #[arg(short = 'n', long, default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index in the cluster (0-based).
+    #[arg(short = 'p', long, default_value_t = 0)]
+    pub process: usize,
+    /// File with one `host:port` per process, in process order.
+    #[arg(short = 'h', long)]
+    pub hostfile: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The timely configuration these flags ask for.
+    pub fn timely(&self) -> Result<timely::Config, BoxError> {
+        let workers = self.workers.max(1);
+        if self.processes <= 1 {
+            return Ok(timely::Config::process(workers));
+        }
+        let Some(file) = &self.hostfile else {
+            return Err(format!("-n {} needs a hostfile (-h)", self.processes).into());
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("failed to read hostfile \"{}\": {e}", file.display()))?;
+        let addresses: Vec<String> =
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+        if addresses.len() != self.processes || self.process >= self.processes {
+            return Err(format!(
+                "hostfile \"{}\" lists {} processes, -n is {} and -p is {}",
+                file.display(),
+                addresses.len(),
+                self.processes,
+                self.process
+            )
+            .into());
+        }
+        Ok(timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: workers,
+                process: self.process,
+                addresses,
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        })
+    }
+}
+
+/// Flags shared by `run` and `replay`: they override the config file.
 #[derive(Debug, Args)]
+pub struct JobArgs {
+    /// Pipeline configuration (TOML): brokers, topics, database, rules.
+    #[arg(long, env = "TTPFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Rules directory (DECNET's YAML format); default `rules`.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Rule state file: rule id → {state, confidence_max, expires_at, reason, set_by}.
+    #[arg(long)]
+    pub rule_state: Option<PathBuf>,
+    /// ATT&CK release stamped on tags.
+    #[arg(long)]
+    pub attack_release: Option<String>,
+    /// Directory of intel provider mapping tables (`<provider>.yaml`); default: the
+    /// project's tables, built in.
+    #[arg(long)]
+    pub intel_dir: Option<PathBuf>,
+    /// PostgreSQL connection string (URL or key=value pairs).
+    #[arg(long, env = "TTPFLOW_POSTGRES", hide_env_values = true)]
+    pub postgres: Option<String>,
+    /// Kafka bootstrap servers; with them `run` reads Kafka.
+    #[arg(long, env = "TTPFLOW_BROKERS")]
+    pub brokers: Option<String>,
+    /// The job's name, under which its progress is stored.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Records per epoch (and worker, on Kafka).
+    #[arg(long)]
+    pub epoch_records: Option<u64>,
+    /// Longest time a Kafka epoch stays open, in milliseconds.
+    #[arg(long)]
+    pub epoch_interval_ms: Option<u64>,
+    /// Serve Prometheus metrics and `/healthz` on this address.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+impl JobArgs {
+    /// The config file (or the defaults) with the flags and environment applied.
+    pub fn effective_config(&self) -> Result<JobConfig, BoxError> {
+        let mut config = match &self.config {
+            Some(path) => JobConfig::load(path)?,
+            None => JobConfig::default(),
+        };
+        if let Some(v) = &self.rules {
+            config.rules = v.clone();
+        }
+        if let Some(v) = &self.rule_state {
+            config.rule_state = Some(v.clone());
+        }
+        if let Some(v) = &self.attack_release {
+            config.attack_release = v.clone();
+        }
+        if let Some(v) = &self.intel_dir {
+            config.intel_dir = Some(v.clone());
+        }
+        if let Some(v) = &self.postgres {
+            config.postgres = Some(v.clone());
+        }
+        if let Some(v) = &self.brokers {
+            config.kafka.get_or_insert_with(Default::default).brokers = v.clone();
+        }
+        if let Some(v) = &self.job {
+            config.job = v.clone();
+        }
+        if let Some(v) = self.epoch_records {
+            config.epoch_records = v;
+        }
+        if let Some(v) = self.epoch_interval_ms {
+            config.epoch_interval_ms = v;
+        }
+        if let Some(v) = &self.metrics_addr {
+            config.metrics_addr = Some(v.clone());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
 pub struct RunArgs {
-    /// Rules directory (DECNET's YAML format).
-    #[arg(long, default_value = "rules")]
-    pub rules: PathBuf,
-    /// JSONL input, repeatable, read in the order given (`-` = standard input).
-    #[arg(long = "input", default_value = "examples/fleet.jsonl")]
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// JSONL input, repeatable, read in the order given (`-` = standard input): the
+    /// embedded job. Without inputs and without brokers: `examples/fleet.jsonl`.
+    #[arg(long = "input")]
     pub inputs: Vec<PathBuf>,
     /// DECNET's artifacts directory: an email without `body_text` gets the body of its
     /// stored message, `DIR/<decky_id>/smtp/<stored_as>`.
     #[arg(long, env = "TTPFLOW_ARTIFACTS_DIR")]
     pub artifacts_dir: Option<PathBuf>,
-    /// Output directory for tags.jsonl, rollups.jsonl and dead_letters.jsonl.
+    /// Output directory for tags.jsonl, rollups.jsonl and dead_letters.jsonl (embedded job).
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
-    /// Timely worker threads.
-    #[arg(short = 'w', long, default_value_t = 1)]
-    pub workers: usize,
-    /// Records per epoch.
-    #[arg(long, default_value_t = 1024)]
-    pub epoch_records: u64,
-    /// Rule state file: rule id → {state, confidence_max, expires_at, reason, set_by}.
+    /// Print the effective configuration (secrets masked) and exit.
     #[arg(long)]
-    pub rule_state: Option<PathBuf>,
-    /// ATT&CK release stamped on tags.
-    #[arg(long, default_value = ttpflow_dataflows::rules::DEFAULT_ATTACK_RELEASE)]
-    pub attack_release: String,
-    /// Directory of intel provider mapping tables (`<provider>.yaml`); default: the
-    /// project's tables, built in.
+    pub print_config: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Start every bus partition at this offset (tables are read from the start); only
+    /// tags are stored.
+    #[arg(long, conflicts_with = "from_time")]
+    pub from_offset: Option<u64>,
+    /// Start every bus partition at its first record at or after this time (RFC 3339 or
+    /// milliseconds since the Unix epoch); only tags are stored.
     #[arg(long)]
-    pub intel_dir: Option<PathBuf>,
-    /// PostgreSQL connection string (URL or key=value pairs): commit the tags and the
-    /// progress of the inputs per epoch, resuming after what is stored.
-    #[arg(long, env = "TTPFLOW_POSTGRES", hide_env_values = true)]
-    pub postgres: Option<String>,
+    pub from_time: Option<String>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -111,6 +258,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub fn main(cli: Cli) -> Result<ExitCode, BoxError> {
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Replay(args) => replay(args),
         Command::Rules { command: RulesCommand::Check { dir, intel_dir } } => check(&dir, intel_dir.as_deref()),
         Command::Export { command: ExportCommand::Navigator(args) } => export_navigator(args),
     }
@@ -134,25 +282,50 @@ fn now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
-fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
-    let mut options = LoadOptions { attack_release: args.attack_release.clone(), ..LoadOptions::default() };
-    if let Some(file) = &args.rule_state {
+/// Loads the pack the configuration names.
+fn load_pack(config: &JobConfig) -> Result<rules::LoadedPack, BoxError> {
+    let mut options = LoadOptions { attack_release: config.attack_release.clone(), ..LoadOptions::default() };
+    if let Some(file) = &config.rule_state {
         options.states = rules::load_states(file, now_micros())?;
     }
-    if let Some(dir) = &args.intel_dir {
+    if let Some(dir) = &config.intel_dir {
         options.intel = Arc::new(crate::intel_tables::load(dir)?);
     }
-    let loaded = rules::load(&args.rules, &options)?;
-    info!(rules = loaded.pack.rules().len(), dir = %args.rules.display(), "loaded rule pack");
+    let loaded = rules::load(&config.rules, &options)?;
+    info!(rules = loaded.pack.rules().len(), dir = %config.rules.display(), "loaded rule pack");
+    Ok(loaded)
+}
+
+/// SIGINT and SIGTERM set the returned flag; a second one exits at once.
+fn stop_on_signals() -> Result<Arc<AtomicBool>, BoxError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
+    let config = args.job.effective_config()?;
+    if args.print_config {
+        print!("{}", config.to_toml_masked());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.inputs.is_empty() && config.kafka.is_some() {
+        return run_stream(&args.job, config, stream::Mode::Run);
+    }
+    let loaded = load_pack(&config)?;
+    let inputs = if args.inputs.is_empty() { vec![PathBuf::from("examples/fleet.jsonl")] } else { args.inputs };
     let with_artifacts = args.artifacts_dir.is_some();
     let summary = runtime::run_files(RunOptions {
-        inputs: args.inputs,
+        inputs,
         out: args.out,
-        workers: args.workers,
-        epoch_records: args.epoch_records,
+        workers: args.job.cluster.workers,
+        epoch_records: config.epoch_records,
         pack: Arc::new(loaded.pack),
         artifacts_dir: args.artifacts_dir,
-        postgres: args.postgres,
+        postgres: config.postgres,
     })?;
     let artifacts =
         if with_artifacts { format!(" artifacts_missing={}", summary.artifacts_missing) } else { String::new() };
@@ -176,6 +349,65 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         summary.dead_letters,
         summary.elapsed.as_secs_f64(),
         summary.records_per_second()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay(args: ReplayArgs) -> Result<ExitCode, BoxError> {
+    let mut config = args.job.effective_config()?;
+    if config.kafka.is_none() {
+        return Err("replay reads Kafka: give --brokers or a config file with a [kafka] table".into());
+    }
+    config.kafka.get_or_insert_with(Default::default).publish.enabled = false;
+    let from = match (args.from_offset, &args.from_time) {
+        (Some(n), _) => stream::ReplayFrom::Offset(n),
+        (None, Some(time)) => stream::ReplayFrom::Time(parse_time_millis(time)?),
+        (None, None) => stream::ReplayFrom::Start,
+    };
+    run_stream(&args.job, config, stream::Mode::Replay(from))
+}
+
+/// RFC 3339 (`2026-05-02T10:00:00Z`) or milliseconds since the Unix epoch.
+fn parse_time_millis(text: &str) -> Result<i64, BoxError> {
+    if let Ok(millis) = text.parse::<i64>() {
+        return Ok(millis);
+    }
+    ttpflow_dataflows::time::parse_iso8601(text)
+        .map(|micros| micros / 1000)
+        .ok_or_else(|| format!("--from-time \"{text}\" is neither RFC 3339 nor milliseconds").into())
+}
+
+fn run_stream(args: &JobArgs, config: JobConfig, mode: stream::Mode) -> Result<ExitCode, BoxError> {
+    let Some(postgres) = config.postgres.clone() else {
+        return Err("the Kafka job commits to PostgreSQL: give --postgres (or TTPFLOW_POSTGRES)".into());
+    };
+    let kafka = config.kafka.clone().unwrap_or_default();
+    let loaded = load_pack(&config)?;
+    let stop = stop_on_signals()?;
+    let progress = matches!(mode, stream::Mode::Replay(_));
+    let summary = stream::run(stream::StreamOptions {
+        config,
+        kafka,
+        postgres,
+        mode,
+        pack: Arc::new(loaded.pack),
+        timely: args.cluster.timely()?,
+        stop,
+        progress,
+    })?;
+    let pg = summary.postgres.unwrap_or_default();
+    println!(
+        "records={} rehydrated={} published={} epochs_committed={} rows_inserted={} rollups_upserted={} \
+         rollups_deleted={} elapsed_s={:.3} records_per_s={:.0}",
+        summary.records,
+        summary.rehydrated,
+        summary.published,
+        pg.epochs_committed,
+        pg.rows_inserted,
+        pg.rollups_upserted,
+        pg.rollups_deleted,
+        summary.elapsed.as_secs_f64(),
+        summary.records as f64 / summary.elapsed.as_secs_f64().max(1e-9)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -86,12 +86,14 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, name: "002_progress", sql: include_str!("../schemas/002_progress.sql") },
     Migration { version: 3, name: "003_rollup", sql: include_str!("../schemas/003_rollup.sql") },
     Migration { version: 4, name: "004_views", sql: include_str!("../schemas/004_views.sql") },
+    Migration { version: 6, name: "006_stream", sql: include_str!("../schemas/006_stream.sql") },
 ];
 
-/// The job's row in `ttp_job` (the embedded job is the only one so far).
-const JOB: &str = "embedded";
+/// The file job's name in `ttp_job` and `ttp_progress`.
+pub const FILE_JOB: &str = "embedded";
 
-/// Attempts of a commit that fails transiently.
+/// Attempts of a file job's commit that fails transiently (a Kafka job retries until the
+/// database is back: its input waits in the topics).
 const COMMIT_ATTEMPTS: u32 = 6;
 
 /// Errors of the PostgreSQL sink.
@@ -211,19 +213,44 @@ pub struct StoredProgress {
     pub epoch_records: Option<u64>,
 }
 
-/// Reads the stored progress (partition 0 of every input).
+/// Reads the file job's stored progress (partition 0 of every input).
 pub fn read_progress(client: &mut Client) -> Result<StoredProgress, PostgresError> {
-    let offsets = client
-        .query("SELECT input, next_offset FROM ttp_progress WHERE partition = 0", &[])
-        .map_err(PostgresError::ReadProgress)?
-        .iter()
-        .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1).max(0) as u64))
+    let offsets = read_positions(client, FILE_JOB)?
+        .into_iter()
+        .filter(|p| p.partition == 0)
+        .map(|p| (p.input, p.next_offset))
         .collect();
     let epoch_records = client
-        .query_opt("SELECT epoch_records FROM ttp_job WHERE job = $1", &[&JOB])
+        .query_opt("SELECT epoch_records FROM ttp_job WHERE job = $1", &[&FILE_JOB])
         .map_err(PostgresError::ReadProgress)?
         .map(|row| row.get::<_, i64>(0).max(0) as u64);
     Ok(StoredProgress { offsets, epoch_records })
+}
+
+/// Where a job stands in one partition of an input (a file is partition 0).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub input: String,
+    pub partition: i32,
+    /// The next offset to read: every record before it is covered by the committed output.
+    pub next_offset: u64,
+}
+
+/// Reads a job's stored positions, ordered by input and partition.
+pub fn read_positions(client: &mut Client, job: &str) -> Result<Vec<Position>, PostgresError> {
+    Ok(client
+        .query(
+            "SELECT input, partition, next_offset FROM ttp_progress WHERE job = $1 ORDER BY input, partition",
+            &[&job],
+        )
+        .map_err(PostgresError::ReadProgress)?
+        .iter()
+        .map(|row| Position {
+            input: row.get(0),
+            partition: row.get(1),
+            next_offset: row.get::<_, i64>(2).max(0) as u64,
+        })
+        .collect())
 }
 
 /// What the sink did.
@@ -422,39 +449,184 @@ impl Sink {
         tags: &[Tag],
         rollups: &[RollupChange],
     ) -> Result<u64, PostgresError> {
-        let mut pause = Duration::from_millis(100);
-        let mut attempt = 1;
-        loop {
-            let result = match self.client.take() {
-                Some(client) => Ok(client),
-                None => connect(&self.url).and_then(|mut client| {
-                    prepare(&mut client).map_err(PostgresError::Connect)?;
-                    Ok(client)
-                }),
-            }
-            .and_then(|mut client| {
-                let batch =
-                    Batch { epoch, inputs: &self.inputs, end, epoch_records: self.epoch_records, tags, rollups };
-                let rows = commit(&mut client, &batch)?;
-                self.client = Some(client);
-                Ok(rows)
-            });
-            match result {
-                Err(e) if e.is_transient() && attempt < COMMIT_ATTEMPTS => {
-                    tracing::warn!(epoch, attempt, error = %e, "postgres commit failed, retrying");
-                    std::thread::sleep(pause);
-                    pause *= 2;
-                    attempt += 1;
-                }
-                other => return other,
-            }
+        let positions: Vec<Position> = self
+            .inputs
+            .iter()
+            .zip(end)
+            .map(|(input, &next_offset)| Position { input: input.clone(), partition: 0, next_offset })
+            .collect();
+        let batch = Batch {
+            epoch,
+            job: FILE_JOB,
+            positions: &positions,
+            epoch_records: self.epoch_records,
+            tags,
+            rollups,
+            outbox: None,
+            reset: false,
+        };
+        let committed =
+            with_retries(&self.url, &mut self.client, epoch, COMMIT_ATTEMPTS, |client| commit(client, &batch))?;
+        Ok(committed.inserted)
+    }
+}
+
+/// Runs `attempt` on the connection (a new one when there is none or the last failed),
+/// retrying transient failures with backoff; a failed attempt's transaction has rolled back.
+pub(crate) fn with_retries<T>(
+    url: &str,
+    client: &mut Option<Client>,
+    epoch: u64,
+    attempts: u32,
+    mut attempt: impl FnMut(&mut Client) -> Result<T, PostgresError>,
+) -> Result<T, PostgresError> {
+    let mut pause = Duration::from_millis(100);
+    let mut tries = 1;
+    loop {
+        let result = match client.take() {
+            Some(client) => Ok(client),
+            None => connect(url).and_then(|mut client| {
+                prepare(&mut client).map_err(PostgresError::Connect)?;
+                Ok(client)
+            }),
         }
+        .and_then(|mut connection| {
+            let value = attempt(&mut connection)?;
+            *client = Some(connection);
+            Ok(value)
+        });
+        match result {
+            Err(e) if e.is_transient() && tries < attempts => {
+                tracing::warn!(epoch, attempt = tries, error = %e, "postgres commit failed, retrying");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The sink of a Kafka job: commits epochs with the positions they moved and, when
+/// publishing, the messages of their new tags through the outbox.
+///
+/// Resuming needs no epoch arithmetic here: the source rebuilds the graph's state by
+/// reading every partition up to its stored position in epochs the sink never sees
+/// committed ([`crate::stream`]), so every epoch handed to [`StreamSink::commit`] starts
+/// where the stored progress ends.
+pub struct StreamSink {
+    url: String,
+    client: Option<Client>,
+    job: String,
+    epoch_records: u64,
+    /// Forget the stored rollups and progress in the first commit (a replay from the start).
+    reset: bool,
+    /// Outbox messages published but not yet cleared, up to this id.
+    published_through: Option<i64>,
+    stats: SinkStats,
+}
+
+impl StreamSink {
+    /// Connects and applies the migrations.
+    pub fn open(url: &str, job: &str, epoch_records: u64, reset: bool) -> Result<StreamSink, PostgresError> {
+        let mut client = connect(url)?;
+        let applied = migrate(&mut client)?;
+        if !applied.is_empty() {
+            tracing::info!(versions = ?applied, "applied migrations");
+        }
+        prepare(&mut client).map_err(PostgresError::Connect)?;
+        Ok(StreamSink {
+            url: url.to_string(),
+            client: Some(client),
+            job: job.to_string(),
+            epoch_records,
+            reset,
+            published_through: None,
+            stats: SinkStats::default(),
+        })
+    }
+
+    /// The job's stored positions (none when this run starts over).
+    pub fn stored(&mut self) -> Result<Vec<Position>, PostgresError> {
+        if self.reset {
+            return Ok(Vec::new());
+        }
+        let (url, job) = (self.url.clone(), self.job.clone());
+        with_retries(&url, &mut self.client, 0, u32::MAX, |client| read_positions(client, &job))
+    }
+
+    /// Messages a previous run committed and may not have published.
+    pub fn leftover_messages(&mut self) -> Result<Vec<(i64, Message)>, PostgresError> {
+        let (url, job) = (self.url.clone(), self.job.clone());
+        with_retries(&url, &mut self.client, 0, u32::MAX, |client| read_outbox(client, &job))
+    }
+
+    pub fn stats(&self) -> SinkStats {
+        self.stats
+    }
+
+    /// Commits one or more complete epochs at once; returns the messages to publish now
+    /// and the outbox id to report to [`StreamSink::published`] once they are delivered.
+    pub fn commit(
+        &mut self,
+        epoch: u64,
+        positions: &[Position],
+        tags: &[Tag],
+        rollups: Vec<(RollupRow, Diff)>,
+        compose: Option<Compose<'_>>,
+    ) -> Result<(Vec<Message>, Option<i64>), PostgresError> {
+        let started = Instant::now();
+        let rollups = net_rollups(epoch, rollups)?;
+        let clear = self.published_through.take();
+        let batch = Batch {
+            epoch,
+            job: &self.job,
+            positions,
+            epoch_records: self.epoch_records,
+            tags,
+            rollups: &rollups,
+            outbox: compose,
+            reset: self.reset,
+        };
+        let job = self.job.clone();
+        let committed = with_retries(&self.url, &mut self.client, epoch, u32::MAX, |client| {
+            if let Some(last) = clear {
+                clear_outbox(client, &job, last).map_err(|source| PostgresError::Commit { epoch, source })?;
+            }
+            commit(client, &batch)
+        })?;
+        self.reset = false;
+        self.stats.elapsed += started.elapsed();
+        self.stats.epochs_committed += 1;
+        self.stats.rows_inserted += committed.inserted;
+        self.stats.rows_sent += tags.len() as u64;
+        let upserted = rollups.iter().filter(|c| matches!(c, RollupChange::Upsert(_))).count() as u64;
+        self.stats.rollups_upserted += upserted;
+        self.stats.rollups_deleted += rollups.len() as u64 - upserted;
+        Ok((committed.messages, committed.outbox_last))
+    }
+
+    /// The outbox messages up to `last` are delivered: they are cleared with the next
+    /// commit (or by [`StreamSink::finish`]).
+    pub fn published(&mut self, last: i64) {
+        self.published_through = Some(last);
+    }
+
+    /// Clears what is published and not cleared yet.
+    pub fn finish(&mut self) -> Result<(), PostgresError> {
+        if let Some(last) = self.published_through.take() {
+            let job = self.job.clone();
+            with_retries(&self.url.clone(), &mut self.client, 0, u32::MAX, |client| {
+                clear_outbox(client, &job, last).map_err(|source| PostgresError::Commit { epoch: 0, source })
+            })?;
+        }
+        Ok(())
     }
 }
 
 /// The staging tables of a connection: the epoch's tags and rollup changes are copied in,
 /// then applied.
-fn prepare(client: &mut Client) -> Result<(), postgres::Error> {
+pub(crate) fn prepare(client: &mut Client) -> Result<(), postgres::Error> {
     client.batch_execute(
         "CREATE TEMP TABLE IF NOT EXISTS ttp_tag_in (
              uuid text, source_kind text, source_id text, attacker_uuid text, identity_uuid text,
@@ -514,47 +686,127 @@ fn micros_to_system_time(micros: i64) -> SystemTime {
     }
 }
 
+/// A message to publish once its epoch has committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub key: String,
+    /// `None` is a tombstone (a rollup row that went away).
+    pub value: Option<Vec<u8>>,
+}
+
+/// Composes an epoch's messages from its newly stored tags.
+pub(crate) type Compose<'a> = &'a dyn Fn(&[&Tag]) -> Vec<Message>;
+
 /// What one epoch commits.
-struct Batch<'a> {
-    epoch: u64,
-    inputs: &'a [String],
-    end: &'a [u64],
-    epoch_records: u64,
-    tags: &'a [Tag],
-    rollups: &'a [RollupChange],
+pub(crate) struct Batch<'a> {
+    pub epoch: u64,
+    pub job: &'a str,
+    /// The positions the epoch moved (all of them for a file job).
+    pub positions: &'a [Position],
+    pub epoch_records: u64,
+    pub tags: &'a [Tag],
+    pub rollups: &'a [RollupChange],
+    /// With publication: the messages of the epoch, written to `ttp_outbox` in its transaction.
+    pub outbox: Option<Compose<'a>>,
+    /// Before anything else, forget the job's stored rollups and progress (a replay from
+    /// the start rebuilds them).
+    pub reset: bool,
+}
+
+/// What a commit did.
+pub(crate) struct Committed {
+    pub inserted: u64,
+    /// The epoch's messages and the outbox id of the last one.
+    pub messages: Vec<Message>,
+    pub outbox_last: Option<i64>,
 }
 
 /// One epoch in one transaction: its tags (binary COPY into the staging table, then one
 /// insert that skips stored uuids), its rollup changes (binary COPY, then one upsert and
-/// one delete), the progress of every input and the epoch size.
-fn commit(client: &mut Client, batch: &Batch<'_>) -> Result<u64, PostgresError> {
+/// one delete), the messages of its new tags into the outbox, the positions it moved and
+/// the epoch size.
+pub(crate) fn commit(client: &mut Client, batch: &Batch<'_>) -> Result<Committed, PostgresError> {
     let failed = |source| PostgresError::Commit { epoch: batch.epoch, source };
     let mut tx = client.transaction().map_err(failed)?;
-    let inserted = insert_tags(&mut tx, batch.epoch, batch.tags)?;
+    if batch.reset {
+        tx.execute("DELETE FROM ttp_rollup", &[]).map_err(failed)?;
+        tx.execute("DELETE FROM ttp_progress WHERE job = $1", &[&batch.job]).map_err(failed)?;
+    }
+    let inserted = insert_tags(&mut tx, batch.epoch, batch.tags, batch.outbox.is_some())?;
     apply_rollups(&mut tx, batch.rollups).map_err(failed)?;
-    let offsets: Vec<i64> = batch.end.iter().map(|&n| n as i64).collect();
+    let (mut messages, mut outbox_last) = (Vec::new(), None);
+    if let Some(compose) = batch.outbox {
+        let new: BTreeSet<[u8; 16]> = inserted.uuids.iter().copied().collect();
+        let fresh: Vec<&Tag> = batch.tags.iter().filter(|t| new.contains(&t.uuid)).collect();
+        messages = compose(&fresh);
+        outbox_last = write_outbox(&mut tx, batch.job, &messages).map_err(failed)?;
+    }
+    let inputs: Vec<&str> = batch.positions.iter().map(|p| p.input.as_str()).collect();
+    let partitions: Vec<i32> = batch.positions.iter().map(|p| p.partition).collect();
+    let offsets: Vec<i64> = batch.positions.iter().map(|p| p.next_offset as i64).collect();
     tx.execute(
-        "INSERT INTO ttp_progress (input, partition, next_offset) \
-         SELECT input, 0, next_offset FROM unnest($1::text[], $2::bigint[]) AS p(input, next_offset) \
-         ON CONFLICT (input, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-        &[&batch.inputs, &offsets],
+        "INSERT INTO ttp_progress (job, input, partition, next_offset) \
+         SELECT $1, input, partition, next_offset \
+         FROM unnest($2::text[], $3::integer[], $4::bigint[]) AS p(input, partition, next_offset) \
+         ON CONFLICT (job, input, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+        &[&batch.job, &inputs, &partitions, &offsets],
     )
     .map_err(failed)?;
     tx.execute(
         "INSERT INTO ttp_job (job, epoch_records) VALUES ($1, $2) \
          ON CONFLICT (job) DO UPDATE SET epoch_records = EXCLUDED.epoch_records, updated_at = now()",
-        &[&JOB, &(batch.epoch_records as i64)],
+        &[&batch.job, &(batch.epoch_records as i64)],
     )
     .map_err(failed)?;
     tx.commit().map_err(failed)?;
-    Ok(inserted)
+    Ok(Committed { inserted: inserted.count, messages, outbox_last })
 }
 
-/// Copies the tags into the staging table and inserts those not stored; returns how many.
-fn insert_tags(tx: &mut Transaction<'_>, epoch: u64, tags: &[Tag]) -> Result<u64, PostgresError> {
+/// Appends messages to the outbox; returns the id of the last one.
+fn write_outbox(tx: &mut Transaction<'_>, job: &str, messages: &[Message]) -> Result<Option<i64>, postgres::Error> {
+    if messages.is_empty() {
+        return Ok(None);
+    }
+    let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
+    let keys: Vec<&str> = messages.iter().map(|m| m.key.as_str()).collect();
+    let values: Vec<Option<&[u8]>> = messages.iter().map(|m| m.value.as_deref()).collect();
+    let row = tx.query_one(
+        "WITH added AS (INSERT INTO ttp_outbox (job, topic, key, value) \
+         SELECT $1, topic, key, value FROM unnest($2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY \
+         AS m(topic, key, value, n) ORDER BY n RETURNING id) SELECT max(id) FROM added",
+        &[&job, &topics, &keys, &values],
+    )?;
+    row.try_get(0)
+}
+
+/// The messages of a job left in the outbox (committed, perhaps not published), in order.
+pub fn read_outbox(client: &mut Client, job: &str) -> Result<Vec<(i64, Message)>, PostgresError> {
+    Ok(client
+        .query("SELECT id, topic, key, value FROM ttp_outbox WHERE job = $1 ORDER BY id", &[&job])
+        .map_err(PostgresError::ReadProgress)?
+        .iter()
+        .map(|row| (row.get(0), Message { topic: row.get(1), key: row.get(2), value: row.get(3) }))
+        .collect())
+}
+
+/// Forgets the outbox messages up to `last` (they are published).
+pub fn clear_outbox(client: &mut Client, job: &str, last: i64) -> Result<(), postgres::Error> {
+    client.execute("DELETE FROM ttp_outbox WHERE job = $1 AND id <= $2", &[&job, &last]).map(|_| ())
+}
+
+/// What the tag insert did: how many rows were new and, when asked, their uuids.
+struct Inserted {
+    count: u64,
+    uuids: Vec<[u8; 16]>,
+}
+
+/// Copies the tags into the staging table and inserts those not stored; returns how many,
+/// and which when `returning`.
+fn insert_tags(tx: &mut Transaction<'_>, epoch: u64, tags: &[Tag], returning: bool) -> Result<Inserted, PostgresError> {
     let failed = |source| PostgresError::Commit { epoch, source };
     if tags.is_empty() {
-        return Ok(0);
+        return Ok(Inserted { count: 0, uuids: Vec::new() });
     }
     let sink = tx
         .copy_in(
@@ -594,19 +846,24 @@ fn insert_tags(tx: &mut Transaction<'_>, epoch: u64, tags: &[Tag]) -> Result<u64
         writer.write(&row).map_err(failed)?;
     }
     writer.finish().map_err(failed)?;
-    let inserted = tx
-        .execute(
-            "INSERT INTO ttp_tag (uuid, source_kind, source_id, attacker_uuid, identity_uuid, session_id, \
-             decky_id, tactic, technique_id, sub_technique_id, confidence, rule_id, rule_version, evidence, \
-             attack_release, observed_at) \
-             SELECT uuid::uuid, source_kind, source_id, attacker_uuid, identity_uuid, session_id, decky_id, \
-             tactic, technique_id, sub_technique_id, confidence, rule_id, rule_version, evidence::jsonb, \
-             attack_release, observed_at FROM ttp_tag_in \
-             ON CONFLICT (uuid) DO NOTHING",
-            &[],
-        )
-        .map_err(failed)?;
-    Ok(inserted)
+    let insert = "INSERT INTO ttp_tag (uuid, source_kind, source_id, attacker_uuid, identity_uuid, session_id, \
+         decky_id, tactic, technique_id, sub_technique_id, confidence, rule_id, rule_version, evidence, \
+         attack_release, observed_at) \
+         SELECT uuid::uuid, source_kind, source_id, attacker_uuid, identity_uuid, session_id, decky_id, \
+         tactic, technique_id, sub_technique_id, confidence, rule_id, rule_version, evidence::jsonb, \
+         attack_release, observed_at FROM ttp_tag_in \
+         ON CONFLICT (uuid) DO NOTHING";
+    if !returning {
+        let count = tx.execute(insert, &[]).map_err(failed)?;
+        return Ok(Inserted { count, uuids: Vec::new() });
+    }
+    let rows = tx.query(&format!("{insert} RETURNING uuid::text"), &[]).map_err(failed)?;
+    let uuids: Vec<[u8; 16]> = rows
+        .iter()
+        .filter_map(|row| uuid::Uuid::parse_str(row.get::<_, &str>(0)).ok())
+        .map(|uuid| *uuid.as_bytes())
+        .collect();
+    Ok(Inserted { count: uuids.len() as u64, uuids })
 }
 
 /// Copies the rollup changes into the staging table, then upserts the new rows and deletes

@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod common;
+mod kafka;
 mod pipeline;
 mod postgres;
 mod regression;

@@ -141,20 +141,20 @@ fn server() -> &'static Server {
     SERVER.get_or_init(start_server)
 }
 
-fn url(db: &str) -> String {
+pub(crate) fn url(db: &str) -> String {
     let server = server();
     format!("host={} port={} user=postgres dbname={db}", server.socket_dir.display(), server.port)
 }
 
 /// A fresh database named `name`.
-fn database(name: &str) -> String {
+pub(crate) fn database(name: &str) -> String {
     let mut admin = ttpflow::postgres::connect(&url("postgres")).expect("connect to the test server");
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).expect("drop database");
     admin.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
     url(name)
 }
 
-fn client(url: &str) -> postgres::Client {
+pub(crate) fn client(url: &str) -> postgres::Client {
     ttpflow::postgres::connect(url).expect("connect")
 }
 
@@ -186,7 +186,7 @@ fn run_pg(rules_dir: &Path, inputs: &[PathBuf], epoch_records: u64, url: &str) -
 }
 
 /// `ttp_tag` as tags.jsonl objects by uuid (without `created_at`).
-fn stored_tags(url: &str) -> BTreeMap<String, Value> {
+pub(crate) fn stored_tags(url: &str) -> BTreeMap<String, Value> {
     let rows = client(url)
         .query(
             "SELECT uuid::text, source_kind, source_id, attacker_uuid, identity_uuid, session_id, decky_id, tactic, \
@@ -231,7 +231,7 @@ fn rollup_key(row: &Value) -> String {
 }
 
 /// `ttp_rollup` as rollups.jsonl objects by key (timestamps as rollups.jsonl writes them).
-fn stored_rollups(url: &str) -> BTreeMap<String, Value> {
+pub(crate) fn stored_rollups(url: &str) -> BTreeMap<String, Value> {
     let rows = client(url)
         .query(
             "SELECT scope_kind, scope_id, technique_id, sub_technique_id, tactic, tag_count, attacker_count, \
@@ -262,7 +262,7 @@ fn stored_rollups(url: &str) -> BTreeMap<String, Value> {
 }
 
 /// Compares two rollup rows field by field (confidence within float parsing error).
-fn assert_same_rollup(stored: &Value, written: &Value, what: &str) {
+pub(crate) fn assert_same_rollup(stored: &Value, written: &Value, what: &str) {
     let key = rollup_key(written);
     let (a, b) = (stored["confidence_max"].as_f64().unwrap(), written["confidence_max"].as_f64().unwrap());
     assert!((a - b).abs() < 1e-12, "{what}: confidence_max of {key}: {a} != {b}");

@@ -1,0 +1,379 @@
+//! Kafka job on librdkafka's mock cluster: assignment, resume, kill -9, publication, replay, dead letters, clusters.
+//!
+//! Each test starts its own in-process mock cluster (`rdkafka::mocking`), produces a corpus
+//! to it the way DECNET's bus would (bus envelopes as values, table rows keyed by their
+//! primary key), and runs the `ttpflow` binary against it and a throw-away PostgreSQL
+//! database. The dev corpus is used when the conformance data is there, else copies of the
+//! bundled example. The mock cluster keeps at most 5 MiB per partition, so the big session
+//! topic is spread over four partitions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+use crate::common::{self, root};
+use crate::postgres::{client, database, stored_rollups, stored_tags};
+
+/// One record to produce.
+#[derive(Clone, Debug)]
+struct Record {
+    topic: String,
+    partition: i32,
+    key: Option<String>,
+    value: Option<String>,
+}
+
+/// Partitions per topic: the session topic is the big one.
+fn partitions_of(topic: &str) -> i32 {
+    match topic {
+        "attacker.session.ended" => 4,
+        "attacker.fingerprinted" | "email.received" => 2,
+        _ => 1,
+    }
+}
+
+/// A JSONL corpus line as a Kafka record: tables keyed by primary key, bus envelopes as
+/// they are, spread over partitions by attacker IP as a keyed producer would.
+fn record_of(line: &str) -> Record {
+    let value: Value = serde_json::from_str(line).expect("corpus line is JSON");
+    let topic = value["topic"].as_str().expect("topic").to_string();
+    if topic.starts_with("decnet.") {
+        let key = match &value["key"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let row = (!value["value"].is_null()).then(|| value["value"].to_string());
+        return Record { topic, partition: 0, key: Some(key), value: row };
+    }
+    let ip = value["payload"]["attacker_ip"].as_str().unwrap_or("").to_string();
+    let hash = ip.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    let partition = (hash % partitions_of(&topic) as u32) as i32;
+    Record { topic, partition, key: (!ip.is_empty()).then_some(ip), value: Some(line.to_string()) }
+}
+
+/// The corpus (dev when present) and the rules to run it with.
+fn corpus(dir: &Path) -> (String, PathBuf, Vec<Record>) {
+    match common::conformance("the dev corpus of the kafka tests") {
+        Some(conf) => {
+            let events =
+                crate::regression::gunzip_to(&conf.join("corpus/dev_events.jsonl.gz"), &dir.join("dev_events.jsonl"));
+            let tables = conf.join("corpus/dev_tables.jsonl");
+            let mut records: Vec<Record> = std::fs::read_to_string(tables).unwrap().lines().map(record_of).collect();
+            records.extend(std::fs::read_to_string(events).unwrap().lines().map(record_of));
+            ("dev".into(), conf.join("decnet/rules"), records)
+        }
+        None => {
+            let text = std::fs::read_to_string(root().join("examples/fleet.jsonl")).unwrap();
+            let records = (0..300)
+                .flat_map(|i| {
+                    let copy = text.replace("\"session_id\":\"", &format!("\"session_id\":\"c{i}-"));
+                    copy.lines().map(record_of).collect::<Vec<_>>()
+                })
+                .collect();
+            ("fleet".into(), root().join("rules"), records)
+        }
+    }
+}
+
+struct Cluster {
+    mock: MockCluster<'static, DefaultProducerContext>,
+    brokers: String,
+}
+
+fn cluster(records: &[Record]) -> Cluster {
+    let mock = MockCluster::new(1).expect("mock cluster starts");
+    let topics: BTreeSet<&str> = records.iter().map(|r| r.topic.as_str()).collect();
+    for topic in topics {
+        mock.create_topic(topic, partitions_of(topic), 1).expect("create topic");
+    }
+    let brokers = mock.bootstrap_servers();
+    Cluster { mock, brokers }
+}
+
+fn produce(brokers: &str, records: &[Record]) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for r in records {
+        let mut record = BaseRecord::<str, str>::to(&r.topic).partition(r.partition);
+        if let Some(key) = &r.key {
+            record = record.key(key.as_str());
+        }
+        if let Some(value) = &r.value {
+            record = record.payload(value.as_str());
+        }
+        let mut record = record;
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// Every message of a topic (all partitions), as (key, value) in partition then offset order.
+fn consume_all(brokers: &str, topic: &str) -> Vec<(String, Option<Value>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "ttpflow-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()) else {
+        return Vec::new();
+    };
+    let mut list = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for p in meta.partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).expect("watermarks");
+        remaining += high - low;
+        list.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+    }
+    consumer.assign(&list).expect("assign");
+    let mut out: Vec<(i32, i64, String, Option<Value>)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while remaining > 0 && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let key = m.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default();
+            let value = m.payload().map(|v| serde_json::from_slice(v).expect("published JSON"));
+            out.push((m.partition(), m.offset(), key, value));
+            remaining -= 1;
+        }
+    }
+    assert_eq!(remaining, 0, "{topic}: not every message was read back");
+    out.sort_by_key(|(p, o, _, _)| (*p, *o));
+    out.into_iter().map(|(_, _, k, v)| (k, v)).collect()
+}
+
+/// The total of the job's stored next offsets.
+fn stored_offsets(url: &str, job: &str) -> i64 {
+    client(url)
+        .query_one("SELECT coalesce(sum(next_offset), 0)::bigint FROM ttp_progress WHERE job = $1", &[&job])
+        .map(|row| row.get(0))
+        .unwrap_or(0)
+}
+
+fn ttpflow(brokers: &str, url: &str, rules: &Path, command: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ttpflow"));
+    cmd.arg(command)
+        .arg("--brokers")
+        .arg(brokers)
+        .arg("--rules")
+        .arg(rules)
+        .args(["--epoch-interval-ms", "50", "--epoch-records", "512"])
+        .args(extra)
+        .env("TTPFLOW_POSTGRES", url)
+        .env("TTPFLOW_LOG", "warn,ttpflow::stream=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A started job whose standard error is collected.
+struct Job {
+    child: Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Job {
+    /// Starts the command and waits until the job says it is starting its workers (its
+    /// signal handlers are in place by then).
+    fn start(mut cmd: Command) -> Job {
+        let mut child = cmd.spawn().expect("ttpflow starts");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let collected = std::sync::Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut text = collected.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let mut job = Job { child, stderr };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !job.stderr().contains("starting kafka job") {
+            if let Ok(Some(status)) = job.child.try_wait() {
+                panic!("ttpflow exited with {status} before starting: {}", job.stderr());
+            }
+            assert!(Instant::now() < deadline, "ttpflow did not start: {}", job.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        job
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then the exit, which must be 0; returns standard output.
+    fn stop(mut self) -> String {
+        sigterm(&self.child);
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            use std::io::Read;
+            out.read_to_string(&mut stdout).expect("read stdout");
+        }
+        let status = self.child.wait().expect("ttpflow exits");
+        assert!(status.success(), "ttpflow exited with {status}: {}", self.stderr());
+        stdout
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill runs");
+    assert!(status.success());
+}
+
+/// Runs `ttpflow run` until it has stored positions covering `total` records, then stops it
+/// with SIGTERM and checks that it exits 0.
+fn run_until_caught_up(brokers: &str, url: &str, rules: &Path, total: i64, extra: &[&str]) -> String {
+    let mut job = Job::start(ttpflow(brokers, url, rules, "run", extra));
+    wait_for_offsets(url, "kafka", total, &mut job.child);
+    job.stop()
+}
+
+fn wait_for_offsets(url: &str, job: &str, total: i64, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if stored_offsets(url, job) >= total {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("ttpflow exited early with {status}");
+        }
+        assert!(Instant::now() < deadline, "the job did not catch up with {total} records");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Both runs stored the same tags. Where several records yield one uuid, the stored row
+/// is the earliest record's *within the epoch* that first yields it; epochs on Kafka follow
+/// the clock, so such a row may come from another record in another run: those rows may
+/// differ in the fields that come from the record, never in the tag's identity.
+fn assert_same_tags(a: &BTreeMap<String, Value>, b: &BTreeMap<String, Value>, what: &str) {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{what}: different tag uuids");
+    let identity =
+        ["source_kind", "source_id", "rule_id", "rule_version", "technique_id", "sub_technique_id", "tactic"];
+    let mut differing = 0;
+    for (uuid, row) in a {
+        let other = &b[uuid];
+        for field in identity {
+            assert_eq!(row[field], other[field], "{what}: tag {uuid} differs in {field}");
+        }
+        if row != other {
+            differing += 1;
+            if differing <= 3 {
+                println!("{what}: tag {uuid} stored from different records:\n  {row}\n  {other}");
+            }
+        }
+    }
+    println!("{what}: {} tags, {differing} stored from another record of the same uuid", a.len());
+}
+
+fn consumed(records: &[Record]) -> Vec<Record> {
+    let config = ttpflow::config::KafkaConfig::default();
+    records
+        .iter()
+        .filter(|r| config.topics.iter().chain(&config.tables).any(|p| ttpflow::kafka::topic_matches(p, &r.topic)))
+        .cloned()
+        .collect()
+}
+
+/// Every uuid listed by `ttp.tagged`, with how often.
+fn published_uuids(brokers: &str) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for (_, value) in consume_all(brokers, "ttp.tagged") {
+        let value = value.expect("ttp.tagged has values");
+        assert_eq!(value["topic"], "ttp.tagged");
+        for uuid in value["payload"]["tag_uuids"].as_array().expect("tag_uuids") {
+            *seen.entry(uuid.as_str().unwrap().to_string()).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+#[test]
+fn run_stores_publishes_only_new_tags_and_resumes_from_stored_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (name, rules, records) = corpus(dir.path());
+    // The last tenth arrives after a restart.
+    let split = records.len() * 9 / 10;
+    let cluster = cluster(&records);
+    produce(&cluster.brokers, &records[..split]);
+    let url = database("kafka_run");
+    let first = consumed(&records[..split]).len() as i64;
+    run_until_caught_up(&cluster.brokers, &url, &rules, first, &["-w", "2"]);
+    let after_first = stored_tags(&url);
+    assert!(!after_first.is_empty(), "{name}: no tags stored");
+    let published = published_uuids(&cluster.brokers);
+    assert!(published.values().all(|n| *n == 1), "{name}: a tag was published twice");
+    let stored: BTreeSet<&String> = after_first.keys().collect();
+    assert_eq!(published.keys().collect::<BTreeSet<_>>(), stored, "{name}: published tags are not the stored ones");
+
+    // A restart with nothing new stores and publishes nothing.
+    run_until_caught_up(&cluster.brokers, &url, &rules, first, &[]);
+    assert_eq!(stored_tags(&url), after_first, "{name}: a restart without new records changed ttp_tag");
+    assert_eq!(published_uuids(&cluster.brokers), published, "{name}: a restart without new records published");
+
+    // The rest: only its new tags are published.
+    produce(&cluster.brokers, &records[split..]);
+    let total = consumed(&records).len() as i64;
+    run_until_caught_up(&cluster.brokers, &url, &rules, total, &["-w", "2"]);
+    let after_second = stored_tags(&url);
+    let published = published_uuids(&cluster.brokers);
+    assert!(published.values().all(|n| *n == 1), "{name}: a tag was published twice after the restart");
+    assert_eq!(
+        published.keys().collect::<BTreeSet<_>>(),
+        after_second.keys().collect::<BTreeSet<_>>(),
+        "{name}: after the restart, published tags are not the stored ones"
+    );
+    assert!(after_second.len() > after_first.len(), "{name}: the second part added no tag");
+
+    // The same tables as one uninterrupted run over everything, with one worker.
+    let whole = database("kafka_run_whole");
+    run_until_caught_up(&cluster.brokers, &whole, &rules, total, &["--job", "kafka"]);
+    assert_same_tags(&stored_tags(&whole), &after_second, &format!("{name}: an uninterrupted run and the split one"));
+    assert_eq!(stored_rollups(&whole), stored_rollups(&url), "{name}: ttp_rollup differs from an uninterrupted run");
+
+    // The compacted rollup topics hold, per key, the stored row.
+    let mut latest: BTreeMap<String, Option<Value>> = BTreeMap::new();
+    for kind in ["fleet", "attacker", "identity", "campaign", "session"] {
+        for (key, value) in consume_all(&cluster.brokers, &format!("ttp.rollup.{kind}")) {
+            latest.insert(format!("{kind}|{key}"), value);
+        }
+    }
+    let rows: BTreeMap<String, Value> = latest.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
+    let stored = stored_rollups(&url);
+    assert_eq!(rows.len(), stored.len(), "{name}: the rollup topics do not hold one live row per stored row");
+    for row in rows.values() {
+        let key = ["scope_kind", "scope_id", "technique_id", "sub_technique_id", "tactic"]
+            .iter()
+            .map(|f| row[f].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+            .join("|");
+        let want = stored.get(&key).unwrap_or_else(|| panic!("{name}: published rollup {key} is not stored"));
+        assert_eq!(row["tag_count"], want["tag_count"], "{name}: {key}");
+    }
+    drop(cluster.mock);
+}
