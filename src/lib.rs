@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod cli;
 pub mod files;
 pub mod intel_tables;
+pub mod metrics;
 pub mod navigator;
 pub mod postgres;
 pub mod rules;
