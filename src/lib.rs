@@ -1,8 +1,8 @@
 //! ttpflow: honeypot fleet events to MITRE ATT&CK technique tags, on differential dataflow.
 //!
-//! This crate is everything that touches the outside world: the command line, the rule
-//! loader, file sources and sinks, the Kafka source and publisher, PostgreSQL, and the runtimes that
-//! drive timely workers. The graph
+//! This crate is everything that touches the outside world: the command line and its
+//! configuration, the rule loader, file sources and sinks, the Kafka source and publisher,
+//! the PostgreSQL sink, metrics, and the runtimes that drive timely workers. The graph
 //! itself lives in the `ttpflow-dataflows` crate.
 
 pub mod artifacts;
@@ -11,6 +11,7 @@ pub mod config;
 pub mod files;
 pub mod intel_tables;
 pub mod kafka;
+pub mod metrics;
 pub mod navigator;
 pub mod postgres;
 pub mod publish;
