@@ -11,17 +11,20 @@
 //! tombstone) in the value; the source hands it to the decoder as `{"key":…,"value":…}`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError as RdError;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use ttpflow_dataflows::record::{Line, Pos, Table};
 
 use crate::config::KafkaConfig;
+use crate::metrics::Metrics;
 use crate::postgres::Message;
 
 /// How long a metadata or watermark request may take.
@@ -88,14 +91,39 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 fn consumer(config: &KafkaConfig) -> Result<BaseConsumer, KafkaError> {
+    consumer_config(config).create().map_err(KafkaError::Config)
+}
+
+fn consumer_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = client_config(config);
     client
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest");
-    client.create().map_err(KafkaError::Config)
+    client
 }
+
+/// The context of the workers' consumers: librdkafka's statistics give each partition's
+/// lag (high watermark minus the position the job has read to).
+pub struct Observed {
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl ClientContext for Observed {
+    fn stats(&self, statistics: Statistics) {
+        let Some(metrics) = &self.metrics else { return };
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.hi_offset >= 0 && p.app_offset >= 0 {
+                    metrics.set_lag(topic, *partition, p.hi_offset - p.app_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Observed {}
 
 /// Whether a topic name matches a configured name or glob (`*` matches any run of
 /// characters, nothing else is special).
@@ -181,7 +209,7 @@ pub fn offsets_for_time(config: &KafkaConfig, partitions: &[Partition], millis: 
 
 /// The consumer of one worker, over the partitions it owns.
 pub struct Source {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Observed>,
     /// Partition number by (topic, partition), for the partitions of this worker.
     numbers: BTreeMap<(String, i32), u32>,
     group_commits: bool,
@@ -189,8 +217,17 @@ pub struct Source {
 
 impl Source {
     /// A consumer assigned to `owned`: (partition number, partition, first offset to read).
-    pub fn assign(config: &KafkaConfig, owned: &[(u32, Partition, u64)]) -> Result<Source, KafkaError> {
-        let consumer = consumer(config)?;
+    pub fn assign(
+        config: &KafkaConfig,
+        owned: &[(u32, Partition, u64)],
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Source, KafkaError> {
+        let mut client = consumer_config(config);
+        if metrics.is_some() {
+            client.set("statistics.interval.ms", "1000");
+        }
+        let consumer: BaseConsumer<Observed> =
+            client.create_with_context(Observed { metrics }).map_err(KafkaError::Config)?;
         let mut list = TopicPartitionList::new();
         let mut numbers = BTreeMap::new();
         for (number, p, start) in owned {

@@ -465,8 +465,9 @@ impl Sink {
             outbox: None,
             reset: false,
         };
-        let committed =
-            with_retries(&self.url, &mut self.client, epoch, COMMIT_ATTEMPTS, |client| commit(client, &batch))?;
+        let committed = with_retries(&self.url, &mut self.client, epoch, COMMIT_ATTEMPTS, &|_| {}, |client| {
+            commit(client, &batch)
+        })?;
         Ok(committed.inserted)
     }
 }
@@ -478,6 +479,7 @@ pub(crate) fn with_retries<T>(
     client: &mut Option<Client>,
     epoch: u64,
     attempts: u32,
+    on_retry: &dyn Fn(&PostgresError),
     mut attempt: impl FnMut(&mut Client) -> Result<T, PostgresError>,
 ) -> Result<T, PostgresError> {
     let mut pause = Duration::from_millis(100);
@@ -498,6 +500,7 @@ pub(crate) fn with_retries<T>(
         match result {
             Err(e) if e.is_transient() && tries < attempts => {
                 tracing::warn!(epoch, attempt = tries, error = %e, "postgres commit failed, retrying");
+                on_retry(&e);
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(5));
                 tries += 1;
@@ -524,6 +527,8 @@ pub struct StreamSink {
     /// Outbox messages published but not yet cleared, up to this id.
     published_through: Option<i64>,
     stats: SinkStats,
+    /// Told of every transient failure before its retry.
+    on_retry: Box<dyn Fn(&PostgresError) + Send>,
 }
 
 impl StreamSink {
@@ -543,7 +548,13 @@ impl StreamSink {
             reset,
             published_through: None,
             stats: SinkStats::default(),
+            on_retry: Box::new(|_| {}),
         })
+    }
+
+    /// Calls `on_retry` with every transient failure before it is retried.
+    pub fn on_retry(&mut self, on_retry: impl Fn(&PostgresError) + Send + 'static) {
+        self.on_retry = Box::new(on_retry);
     }
 
     /// The job's stored positions (none when this run starts over).
@@ -552,13 +563,13 @@ impl StreamSink {
             return Ok(Vec::new());
         }
         let (url, job) = (self.url.clone(), self.job.clone());
-        with_retries(&url, &mut self.client, 0, u32::MAX, |client| read_positions(client, &job))
+        with_retries(&url, &mut self.client, 0, u32::MAX, &*self.on_retry, |client| read_positions(client, &job))
     }
 
     /// Messages a previous run committed and may not have published.
     pub fn leftover_messages(&mut self) -> Result<Vec<(i64, Message)>, PostgresError> {
         let (url, job) = (self.url.clone(), self.job.clone());
-        with_retries(&url, &mut self.client, 0, u32::MAX, |client| read_outbox(client, &job))
+        with_retries(&url, &mut self.client, 0, u32::MAX, &*self.on_retry, |client| read_outbox(client, &job))
     }
 
     pub fn stats(&self) -> SinkStats {
@@ -589,7 +600,7 @@ impl StreamSink {
             reset: self.reset,
         };
         let job = self.job.clone();
-        let committed = with_retries(&self.url, &mut self.client, epoch, u32::MAX, |client| {
+        let committed = with_retries(&self.url, &mut self.client, epoch, u32::MAX, &*self.on_retry, |client| {
             if let Some(last) = clear {
                 clear_outbox(client, &job, last).map_err(|source| PostgresError::Commit { epoch, source })?;
             }
@@ -616,7 +627,7 @@ impl StreamSink {
     pub fn finish(&mut self) -> Result<(), PostgresError> {
         if let Some(last) = self.published_through.take() {
             let job = self.job.clone();
-            with_retries(&self.url.clone(), &mut self.client, 0, u32::MAX, |client| {
+            with_retries(&self.url.clone(), &mut self.client, 0, u32::MAX, &*self.on_retry, |client| {
                 clear_outbox(client, &job, last).map_err(|source| PostgresError::Commit { epoch: 0, source })
             })?;
         }

@@ -55,6 +55,7 @@ use ttpflow_dataflows::types::{Coll, Diff, Time};
 
 use crate::config::{JobConfig, KafkaConfig, PublishConfig};
 use crate::kafka::{self, KafkaError, Partition, Publisher, Source};
+use crate::metrics::{self, Health, Metrics, Published};
 use crate::postgres::{Message, Position, PostgresError, SinkStats, StreamSink};
 use crate::publish;
 
@@ -104,6 +105,12 @@ pub enum StreamError {
     Postgres(#[from] PostgresError),
     #[error("timely workers failed: {0}")]
     Workers(String),
+    #[error("failed to serve metrics on \"{addr}\"")]
+    Metrics {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What a Kafka job did.
@@ -171,19 +178,43 @@ fn plan(options: &StreamOptions, sink: &mut StreamSink) -> Result<Vec<Plan>, Str
 /// Runs a Kafka job until it is stopped (run) or has read to the watermarks (replay).
 pub fn run(options: StreamOptions) -> Result<StreamSummary, StreamError> {
     let started = Instant::now();
+    let (metrics, health) = (Arc::new(Metrics::new()), Arc::new(Health::new()));
+    let _server = match &options.config.metrics_addr {
+        Some(addr) => {
+            let failed = |source| StreamError::Metrics { addr: addr.clone(), source };
+            let parsed = addr
+                .parse()
+                .map_err(|e| failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}"))))?;
+            let server = metrics::serve(parsed, Arc::clone(&metrics), Arc::clone(&health)).map_err(failed)?;
+            tracing::info!(addr = %server.local_addr(), "serving metrics");
+            Some(server)
+        }
+        None => None,
+    };
     let reset = options.mode == Mode::Replay(ReplayFrom::Start);
     let mut sink = StreamSink::open(&options.postgres, &options.config.job, options.config.epoch_records, reset)?;
+    let retry_health = Arc::clone(&health);
+    sink.on_retry(move |e| retry_health.set_unhealthy(format!("postgres: {e}; retrying")));
     let plans = plan(&options, &mut sink)?;
     let publisher = match (options.mode, options.kafka.publish.enabled) {
         (Mode::Run, true) => Some(Publisher::new(&options.kafka)?),
         _ => None,
     };
     if let Some(publisher) = &publisher {
-        republish_leftovers(&mut sink, publisher)?;
+        republish_leftovers(&mut sink, publisher, &health)?;
     }
     let rehydrating: u64 = plans.iter().map(|p| p.stored.saturating_sub(p.start)).sum();
     tracing::info!(partitions = plans.len(), rehydrating, mode = ?options.mode, "starting kafka job");
-    let shared = Arc::new(Shared { plans, options, sink: Mutex::new(Some(sink)), publisher: Mutex::new(publisher) });
+    let observed = _server.is_some().then(|| Arc::clone(&metrics));
+    let shared = Arc::new(Shared {
+        plans,
+        options,
+        sink: Mutex::new(Some(sink)),
+        publisher: Mutex::new(publisher),
+        metrics,
+        health,
+        observed,
+    });
     let config = shared.options.timely.clone();
     let worker_shared = Arc::clone(&shared);
     let guards =
@@ -201,12 +232,12 @@ pub fn run(options: StreamOptions) -> Result<StreamSummary, StreamError> {
 }
 
 /// Publishes what a previous run committed and perhaps did not publish.
-fn republish_leftovers(sink: &mut StreamSink, publisher: &Publisher) -> Result<(), StreamError> {
+fn republish_leftovers(sink: &mut StreamSink, publisher: &Publisher, health: &Health) -> Result<(), StreamError> {
     let leftovers = sink.leftover_messages()?;
     if let Some((last, _)) = leftovers.last() {
         let messages: Vec<Message> = leftovers.iter().map(|(_, m)| m.clone()).collect();
         tracing::info!(messages = messages.len(), "publishing messages committed before the last stop");
-        publish_with_retries(publisher, &messages);
+        publish_with_retries(publisher, &messages, health);
         sink.published(*last);
         sink.finish()?;
     }
@@ -214,10 +245,11 @@ fn republish_leftovers(sink: &mut StreamSink, publisher: &Publisher) -> Result<(
 }
 
 /// Publishes, waiting out broker outages (the messages stay in the outbox meanwhile).
-fn publish_with_retries(publisher: &Publisher, messages: &[Message]) {
+fn publish_with_retries(publisher: &Publisher, messages: &[Message], health: &Health) {
     let mut pause = Duration::from_millis(100);
     while let Err(e) = publisher.publish(messages) {
         tracing::warn!(error = %e, messages = messages.len(), "publishing failed, retrying");
+        health.set_unhealthy(format!("kafka: {e}; retrying"));
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_secs(10));
     }
@@ -230,6 +262,10 @@ struct Shared {
     /// Taken by worker 0.
     sink: Mutex<Option<StreamSink>>,
     publisher: Mutex<Option<Publisher>>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// The registry the consumers report lag to, when metrics are served.
+    observed: Option<Arc<Metrics>>,
 }
 
 /// What worker 0 commits, in one stream so that its frontier covers all of it.
@@ -240,6 +276,8 @@ enum Commit {
     Dead(DeadLetter),
     /// A partition (by number) and its next offset after the epoch.
     Progress(u32, u64),
+    /// One event waiting for its attacker (counted, for the gauge).
+    Pending,
 }
 
 /// An epoch's changes as they arrive.
@@ -260,6 +298,8 @@ struct Committer {
     /// Tags only (a replay from an offset or time).
     tags_only: bool,
     published: u64,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     error: Option<PostgresError>,
 }
 
@@ -300,16 +340,40 @@ impl Committer {
             messages
         };
         let outbox: Option<crate::postgres::Compose<'_>> = publish.then_some(&compose_rollups);
+        let (started, inserted) = (Instant::now(), self.sink.stats().rows_inserted);
         match self.sink.commit(epoch, &positions, &tags, rollups, outbox) {
             Ok((messages, last)) => {
+                self.metrics.observe_commit(started.elapsed());
+                self.metrics.tags_stored(self.sink.stats().rows_inserted - inserted);
+                for letter in &dead {
+                    self.metrics.dead_letter(letter.reason, 1);
+                }
+                self.health.set_ok();
                 if let (Some(publisher), Some(last)) = (&self.publisher, last) {
-                    publish_with_retries(publisher, &messages);
+                    publish_with_retries(publisher, &messages, &self.health);
+                    self.health.set_ok();
                     self.published += messages.len() as u64;
+                    for message in &messages {
+                        self.metrics.published(published_kind(&self.publish, &message.topic), 1);
+                    }
                     self.sink.published(last);
                 }
             }
             Err(e) => self.error = Some(e),
         }
+    }
+}
+
+/// Which kind of publication a topic carries.
+fn published_kind(config: &PublishConfig, topic: &str) -> Published {
+    if topic == config.tagged {
+        Published::Tagged
+    } else if topic == config.dead_letter {
+        Published::DeadLetter
+    } else if topic.starts_with(&config.rollup_prefix) {
+        Published::Rollup
+    } else {
+        Published::RuleFired
     }
 }
 
@@ -332,6 +396,8 @@ struct Reading {
     moved: bool,
     /// Replay: a record at or past the stop offset was seen.
     past_stop: bool,
+    /// Records taken since the last report to the metrics.
+    unreported: u64,
 }
 
 impl Reading {
@@ -365,6 +431,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
                 partitions: shared.plans.iter().map(|p| p.partition.clone()).collect(),
                 tags_only: matches!(options.mode, Mode::Replay(ReplayFrom::Offset(_) | ReplayFrom::Time(_))),
                 published: 0,
+                metrics: Arc::clone(&shared.metrics),
+                health: Arc::clone(&shared.health),
                 error: None,
             }))
         })
@@ -382,11 +450,12 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
             next: plan.start,
             moved: false,
             past_stop: false,
+            unreported: 0,
         })
         .collect();
     let assignment: Vec<(u32, Partition, u64)> =
         owned.iter().map(|r| (r.number, r.plan.partition.clone(), r.plan.start)).collect();
-    let source = Source::assign(&options.kafka, &assignment)?;
+    let source = Source::assign(&options.kafka, &assignment, shared.observed.clone())?;
 
     let probe = ProbeHandle::new();
     let pack = Arc::clone(&options.pack);
@@ -400,8 +469,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
             .concat(outputs.rollups.map(Commit::Rollup))
             .concat(outputs.dead_letters.map(Commit::Dead))
             .concat(progress.map(|(number, next)| Commit::Progress(number, next)))
+            .concat(outputs.pending.map(|_| Commit::Pending))
             .probe_with(&probe);
-        commit_epochs(changes, committer.clone());
+        commit_epochs(changes, committer.clone(), Arc::clone(&shared.metrics));
         (records_in, progress_in)
     });
 
@@ -432,6 +502,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
             }
             reading.next = line.pos.offset + 1;
             reading.moved = true;
+            reading.unreported += 1;
             if !live && line.pos.offset >= reading.plan.stored {
                 held.push(line);
                 continue;
@@ -473,6 +544,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
             for reading in owned.iter_mut().filter(|r| r.moved) {
                 progress.insert((reading.number, reading.next));
                 reading.moved = false;
+                if reading.unreported > 0 {
+                    shared.metrics.records_in(&reading.plan.partition.topic, std::mem::take(&mut reading.unreported));
+                }
             }
             records.advance_to(next_epoch);
             progress.advance_to(next_epoch);
@@ -525,12 +599,18 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
 
 /// Commits each complete live epoch on worker 0; when several are complete they are
 /// committed together. Rehydration epochs are dropped: their output is stored already.
-fn commit_epochs(changes: Coll<'_, Commit>, committer: Option<Rc<RefCell<Committer>>>) {
+fn commit_epochs(changes: Coll<'_, Commit>, committer: Option<Rc<RefCell<Committer>>>, metrics: Arc<Metrics>) {
     let mut stash: BTreeMap<Time, Pending> = BTreeMap::new();
+    let mut pending_events: Diff = 0;
     let pact = ExchangePact::new(|_: &(Commit, Time, Diff)| 0u64);
     changes.inner.sink(pact, "commit epochs", move |(input, frontier)| {
         input.for_each(|_cap, data| {
             for (change, time, diff) in data.drain(..) {
+                if change == Commit::Pending {
+                    pending_events += diff;
+                    metrics.set_pending(pending_events.max(0) as u64);
+                    continue;
+                }
                 if time < LIVE_BASE {
                     continue;
                 }
@@ -545,7 +625,7 @@ fn commit_epochs(changes: Coll<'_, Commit>, committer: Option<Rc<RefCell<Committ
                         let at = epoch.progress.entry(number).or_insert(next);
                         *at = (*at).max(next);
                     }
-                    Commit::Progress(..) => {}
+                    Commit::Progress(..) | Commit::Pending => {}
                 }
             }
         });

@@ -76,7 +76,7 @@ fn corpus(dir: &Path) -> (String, PathBuf, Vec<Record>) {
             let records = (0..300)
                 .flat_map(|i| {
                     let copy = text.replace("\"session_id\":\"", &format!("\"session_id\":\"c{i}-"));
-                    copy.lines().map(record_of).collect::<Vec<_>>()
+                    copy.lines().filter(|l| l.starts_with('{')).map(record_of).collect::<Vec<_>>()
                 })
                 .collect();
             ("fleet".into(), root().join("rules"), records)
@@ -376,4 +376,223 @@ fn run_stores_publishes_only_new_tags_and_resumes_from_stored_offsets() {
         assert_eq!(row["tag_count"], want["tag_count"], "{name}: {key}");
     }
     drop(cluster.mock);
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A plain HTTP GET: status code and body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample line of a scrape (`name{labels} value`).
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Copies of the bundled example (each copy's sessions renamed), a few malformed records,
+/// and the pack of the project.
+fn small_corpus(copies: usize) -> Vec<Record> {
+    let text = std::fs::read_to_string(root().join("examples/fleet.jsonl")).unwrap();
+    (0..copies)
+        .flat_map(|i| {
+            let copy = text.replace("\"session_id\":\"", &format!("\"session_id\":\"c{i}-"));
+            // The example's one line that is not JSON has no topic to go to.
+            copy.lines().filter(|l| l.starts_with('{')).map(record_of).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_count_what_the_job_did_and_malformed_records_become_dead_letters() {
+    let mut records = small_corpus(20);
+    let garbage = [Some("{not json"), Some("[1, 2]"), Some(r#"{"payload":{"attacker_uuid":42}}"#), None];
+    for value in garbage {
+        records.push(Record {
+            topic: "attacker.observed".into(),
+            partition: 0,
+            key: None,
+            value: value.map(str::to_string),
+        });
+    }
+    let cluster = cluster(&records);
+    produce(&cluster.brokers, &records);
+    let url = database("kafka_metrics");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let total = consumed(&records).len() as i64;
+    let rules = root().join("rules");
+    let mut job = Job::start(ttpflow(&cluster.brokers, &url, &rules, "run", &["--metrics-addr", &addr]));
+    wait_for_offsets(&url, "kafka", total, &mut job.child);
+    let (status, health) = http_get(port, "/healthz");
+    assert_eq!((status, health.trim()), (200, "ok"));
+    // The consumers report lag with librdkafka's statistics, once a second.
+    let lag = "ttpflow_consumer_lag_records{topic=\"attacker.observed\",partition=\"0\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let scrape = loop {
+        let (status, scrape) = http_get(port, "/metrics");
+        assert_eq!(status, 200);
+        if scrape.contains(lag) || Instant::now() > deadline {
+            break scrape;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    job.stop();
+
+    let observed = consumed(&records).iter().filter(|r| r.topic == "attacker.observed").count() as f64;
+    assert_eq!(sample(&scrape, r#"ttpflow_records_in_total{topic="attacker.observed"}"#), Some(observed), "{scrape}");
+    let stored = stored_tags(&url).len() as f64;
+    assert!(stored > 0.0);
+    assert_eq!(sample(&scrape, "ttpflow_tags_stored_total"), Some(stored), "{scrape}");
+    assert!(sample(&scrape, "ttpflow_epoch_commit_seconds_count").unwrap_or(0.0) >= 1.0, "{scrape}");
+    assert!(sample(&scrape, r#"ttpflow_published_total{kind="tagged"}"#).unwrap_or(0.0) >= 1.0, "{scrape}");
+    assert_eq!(sample(&scrape, lag), Some(0.0), "{scrape}");
+
+    // Every malformed record is on the dead-letter topic with where it was and why.
+    let letters: Vec<Value> =
+        consume_all(&cluster.brokers, "ttpflow.dead-letter").into_iter().filter_map(|(_, v)| v).collect();
+    let first_garbage = consumed(&records).iter().filter(|r| r.topic == "attacker.observed").count() - garbage.len();
+    let mut reasons: Vec<(u64, String)> = letters
+        .iter()
+        .filter(|l| l["topic"] == "attacker.observed")
+        .map(|l| (l["offset"].as_u64().unwrap(), l["reason"].as_str().unwrap().to_string()))
+        .collect();
+    reasons.sort();
+    let want: Vec<(u64, String)> = ["invalid_json", "not_an_object", "wrong_type", "invalid_json"]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((first_garbage + i) as u64, r.to_string()))
+        .collect();
+    assert_eq!(reasons, want, "dead letters of the malformed records: {letters:?}");
+    assert!(letters.iter().all(|l| l["partition"] == 0 && !l["detail"].as_str().unwrap().is_empty()));
+    // The metrics count every letter published, by reason.
+    let counted: f64 = scrape
+        .lines()
+        .filter(|l| l.starts_with("ttpflow_dead_letters_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, letters.len() as f64, "{scrape}");
+}
+
+#[test]
+fn kill_9_mid_epoch_and_restart_give_the_tables_of_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (name, rules, records) = corpus(dir.path());
+    let cluster = cluster(&records);
+    produce(&cluster.brokers, &records);
+    let total = consumed(&records).len() as i64;
+    let whole = database("kafka_kill_whole");
+    let started = Instant::now();
+    run_until_caught_up(&cluster.brokers, &whole, &rules, total, &[]);
+    let duration = started.elapsed();
+    let published_once = published_uuids(&cluster.brokers);
+
+    let killed = database("kafka_kill_killed");
+    let mut partial = Vec::new();
+    for round in 0..3 {
+        let mut job = Job::start(ttpflow(&cluster.brokers, &killed, &rules, "run", &["-w", "2"]));
+        let wait = Duration::from_millis(200 + jitter(duration.as_millis() as u64 / 2));
+        std::thread::sleep(wait);
+        job.child.kill().expect("SIGKILL");
+        let _ = job.child.wait();
+        partial.push((round, stored_offsets(&killed, "kafka")));
+    }
+    println!("{name}: uninterrupted {duration:?}; stored offsets after each kill -9: {partial:?} of {total}");
+    assert!(partial.iter().any(|(_, n)| *n > 0 && *n < total), "{name}: no kill landed mid-run: {partial:?}");
+    run_until_caught_up(&cluster.brokers, &killed, &rules, total, &[]);
+    assert_same_tags(&stored_tags(&whole), &stored_tags(&killed), &format!("{name} after kill -9"));
+    assert_eq!(stored_rollups(&whole), stored_rollups(&killed), "{name}: ttp_rollup after kill -9 and restart");
+    // At-least-once: every stored tag of the killed runs is published (some perhaps twice).
+    let published = published_uuids(&cluster.brokers);
+    for uuid in stored_tags(&killed).keys() {
+        assert!(published[uuid] >= published_once.get(uuid).copied().unwrap_or(0) + 1, "{name}: {uuid} not published");
+    }
+}
+
+fn jitter(bound: u64) -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    (nanos.wrapping_mul(6364136223846793005) >> 20) % bound.max(1)
+}
+
+#[test]
+fn replay_rebuilds_the_tables_of_run_and_publishes_nothing() {
+    let records = small_corpus(40);
+    let cluster = cluster(&records);
+    produce(&cluster.brokers, &records);
+    let total = consumed(&records).len() as i64;
+    let rules = root().join("rules");
+    let ran = database("kafka_replay_run");
+    run_until_caught_up(&cluster.brokers, &ran, &rules, total, &[]);
+    let published = published_uuids(&cluster.brokers);
+    assert!(!published.is_empty());
+
+    let replayed = database("kafka_replay_replayed");
+    let output = ttpflow(&cluster.brokers, &replayed, &rules, "replay", &["-w", "2"]).output().expect("replay runs");
+    assert!(output.status.success(), "replay failed: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&format!("records={total} ")), "{stdout}");
+    assert_eq!(stored_tags(&replayed), stored_tags(&ran), "replay and run store different tags");
+    assert_eq!(stored_rollups(&replayed), stored_rollups(&ran), "replay and run store different rollups");
+    assert_eq!(stored_offsets(&replayed, "kafka"), total);
+    assert_eq!(published_uuids(&cluster.brokers), published, "replay published");
+
+    // A replay over the database of the run rebuilds the same rollups.
+    let output = ttpflow(&cluster.brokers, &ran, &rules, "replay", &[]).output().expect("replay runs");
+    assert!(output.status.success());
+    assert_eq!(stored_rollups(&replayed), stored_rollups(&ran), "a replay over stored rollups changed them");
+
+    // From an offset past every record: tags only, nothing read from the bus.
+    let late = database("kafka_replay_late");
+    let output = ttpflow(&cluster.brokers, &late, &rules, "replay", &["--from-offset", "1000000"])
+        .output()
+        .expect("replay runs");
+    assert!(output.status.success());
+    assert!(stored_tags(&late).is_empty() && stored_rollups(&late).is_empty());
+    assert_eq!(stored_offsets(&late, "kafka"), 0, "a partial replay stored progress");
+}
+
+#[test]
+fn two_processes_store_the_tables_of_one() {
+    let records = small_corpus(40);
+    let cluster = cluster(&records);
+    produce(&cluster.brokers, &records);
+    let total = consumed(&records).len() as i64;
+    let rules = root().join("rules");
+    let one = database("kafka_cluster_one");
+    run_until_caught_up(&cluster.brokers, &one, &rules, total, &[]);
+
+    let two = database("kafka_cluster_two");
+    let dir = tempfile::tempdir().unwrap();
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    let hosts = hostfile.to_str().unwrap();
+    let mut jobs: Vec<Child> = (0..2)
+        .map(|p| {
+            let index = p.to_string();
+            let extra = ["-w", "2", "-n", "2", "-p", index.as_str(), "-h", hosts];
+            let mut cmd = ttpflow(&cluster.brokers, &two, &rules, "run", &extra);
+            cmd.stderr(Stdio::null());
+            cmd.spawn().expect("ttpflow starts")
+        })
+        .collect();
+    wait_for_offsets(&two, "kafka", total, &mut jobs[0]);
+    for job in &jobs {
+        sigterm(job);
+    }
+    for job in &mut jobs {
+        let status = job.wait().unwrap();
+        assert!(status.success(), "a cluster process exited with {status}");
+    }
+    assert_eq!(stored_tags(&two), stored_tags(&one), "two processes store other tags than one");
+    assert_eq!(stored_rollups(&two), stored_rollups(&one), "two processes store other rollups than one");
 }
