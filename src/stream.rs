@@ -40,7 +40,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -214,13 +214,25 @@ pub fn run(options: StreamOptions) -> Result<StreamSummary, StreamError> {
         metrics,
         health,
         observed,
+        expected: AtomicU64::new(0),
+        taken: AtomicU64::new(0),
+        done: AtomicBool::new(false),
     });
     let config = shared.options.timely.clone();
     let worker_shared = Arc::clone(&shared);
     let guards =
         timely::execute(config, move |worker| run_worker(worker, &worker_shared)).map_err(StreamError::Workers)?;
+    let reporter = shared.options.progress.then(|| {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || report_progress(&shared))
+    });
+    let results = guards.join();
+    shared.done.store(true, Ordering::Relaxed);
+    if let Some(reporter) = reporter {
+        let _ = reporter.join();
+    }
     let mut summary = StreamSummary::default();
-    for result in guards.join() {
+    for result in results {
         let part = result.map_err(StreamError::Workers)??;
         summary.records += part.records;
         summary.rehydrated += part.rehydrated;
@@ -266,6 +278,46 @@ struct Shared {
     health: Arc<Health>,
     /// The registry the consumers report lag to, when metrics are served.
     observed: Option<Arc<Metrics>>,
+    /// Replay: the records this process's workers are to read, and have read.
+    expected: AtomicU64,
+    taken: AtomicU64,
+    done: AtomicBool,
+}
+
+/// Replay's progress: on a terminal a line rewritten four times a second (records/s, share
+/// of the watermarks, time left), else a log line every ten seconds.
+fn report_progress(shared: &Shared) {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stderr().is_terminal();
+    let (started, mut last_log) = (Instant::now(), Instant::now());
+    let line = || {
+        let (taken, expected) = (shared.taken.load(Ordering::Relaxed), shared.expected.load(Ordering::Relaxed));
+        let rate = taken as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        let share = if expected == 0 { 100.0 } else { 100.0 * taken as f64 / expected as f64 };
+        let eta = if rate > 0.0 { expected.saturating_sub(taken) as f64 / rate } else { 0.0 };
+        (taken, expected, rate, share, eta)
+    };
+    while !shared.done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(250));
+        let (taken, expected, rate, share, eta) = line();
+        if terminal {
+            eprint!("\rreplay: {taken}/{expected} records ({share:.1}%), {rate:.0} records/s, ETA {eta:.0} s   ");
+            let _ = std::io::stderr().flush();
+        } else if last_log.elapsed() >= Duration::from_secs(10) {
+            last_log = Instant::now();
+            tracing::info!(
+                records = taken,
+                of = expected,
+                records_per_s = rate as u64,
+                eta_s = eta as u64,
+                "replaying"
+            );
+        }
+    }
+    let (taken, expected, rate, _, _) = line();
+    if terminal {
+        eprintln!("\rreplay: {taken}/{expected} records, {rate:.0} records/s                    ");
+    }
 }
 
 /// What worker 0 commits, in one stream so that its frontier covers all of it.
@@ -349,8 +401,11 @@ impl Committer {
                     self.metrics.dead_letter(letter.reason, 1);
                 }
                 self.health.set_ok();
+                let committed = started.elapsed();
                 if let (Some(publisher), Some(last)) = (&self.publisher, last) {
                     publish_with_retries(publisher, &messages, &self.health);
+                    tracing::debug!(epoch, tags = tags.len(), messages = messages.len(), ?committed,
+                        published = ?(started.elapsed() - committed), "committed and published");
                     self.health.set_ok();
                     self.published += messages.len() as u64;
                     for message in &messages {
@@ -453,6 +508,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
             unreported: 0,
         })
         .collect();
+    let expected: u64 = owned.iter().map(|r| r.plan.stop.unwrap_or(r.plan.start).saturating_sub(r.plan.start)).sum();
+    shared.expected.fetch_add(expected, Ordering::Relaxed);
     let assignment: Vec<(u32, Partition, u64)> =
         owned.iter().map(|r| (r.number, r.plan.partition.clone(), r.plan.start)).collect();
     let source = Source::assign(&options.kafka, &assignment, shared.observed.clone())?;
@@ -545,6 +602,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
                 progress.insert((reading.number, reading.next));
                 reading.moved = false;
                 if reading.unreported > 0 {
+                    shared.taken.fetch_add(reading.unreported, Ordering::Relaxed);
                     shared.metrics.records_in(&reading.plan.partition.topic, std::mem::take(&mut reading.unreported));
                 }
             }
