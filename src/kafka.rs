@@ -360,6 +360,24 @@ mod tests {
     }
 
     #[test]
+    fn security_settings_pass_through_to_librdkafka() {
+        let mut config = KafkaConfig::default();
+        for (key, value) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "ttpflow"),
+            ("sasl.password", "secret"),
+        ] {
+            config.properties.insert(key.into(), value.into());
+        }
+        // Creating a client validates the settings without connecting.
+        assert!(consumer(&config).is_ok());
+        config.properties.insert("security.protocol".into(), "carrier_pigeon".into());
+        let err = consumer(&config).err().expect("an unknown protocol is refused");
+        assert!(err.to_string().contains("invalid Kafka client configuration"), "{err}");
+    }
+
+    #[test]
     fn table_records_carry_their_key() {
         let pos = Pos { input: 3, offset: 9 };
         let line = record_line(pos, "decnet.attackers", Some(b"a\"1"), Some(br#"{"uuid":"a1"}"#));

@@ -543,6 +543,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
     let mut held: Vec<Line> = Vec::new();
     let (mut taken, mut rehydrated, mut in_epoch) = (0u64, 0u64, 0u64);
     let mut last_position_check = Instant::now();
+    let mut last_consume_warning: Option<Instant> = None;
     loop {
         let stopping = options.stop.load(Ordering::Relaxed);
         if stopping || (replay && live && owned.iter().all(Reading::finished)) {
@@ -550,7 +551,19 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
         }
         let mut polled = 0;
         while polled < POLL_BATCH {
-            let Some(line) = source.poll(Duration::ZERO)? else { break };
+            let line = match source.poll(Duration::ZERO) {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(e) => {
+                    // librdkafka reconnects by itself: an unreachable broker is waited out.
+                    if last_consume_warning.is_none_or(|at: Instant| at.elapsed() > Duration::from_secs(5)) {
+                        tracing::warn!(error = %e, worker = index, "kafka consumer error, retrying");
+                        last_consume_warning = Some(Instant::now());
+                    }
+                    shared.health.set_unhealthy(format!("kafka: {e}"));
+                    break;
+                }
+            };
             polled += 1;
             let Some(reading) = owned.iter_mut().find(|r| r.number == line.pos.input) else { continue };
             if reading.plan.stop.is_some_and(|stop| line.pos.offset >= stop) {
