@@ -10,5 +10,6 @@ pub mod files;
 pub mod intel_tables;
 pub mod navigator;
 pub mod postgres;
+pub mod reload;
 pub mod rules;
 pub mod runtime;
