@@ -282,8 +282,8 @@ fn now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
-/// Loads the pack the configuration names.
-fn load_pack(config: &JobConfig) -> Result<rules::LoadedPack, BoxError> {
+/// The options of loading the configuration's pack.
+fn load_options(config: &JobConfig) -> Result<LoadOptions, BoxError> {
     let mut options = LoadOptions { attack_release: config.attack_release.clone(), ..LoadOptions::default() };
     if let Some(file) = &config.rule_state {
         options.states = rules::load_states(file, now_micros())?;
@@ -291,7 +291,12 @@ fn load_pack(config: &JobConfig) -> Result<rules::LoadedPack, BoxError> {
     if let Some(dir) = &config.intel_dir {
         options.intel = Arc::new(crate::intel_tables::load(dir)?);
     }
-    let loaded = rules::load(&config.rules, &options)?;
+    Ok(options)
+}
+
+/// Loads the pack the configuration names.
+fn load_pack(config: &JobConfig) -> Result<rules::LoadedPack, BoxError> {
+    let loaded = rules::load(&config.rules, &load_options(config)?)?;
     info!(rules = loaded.pack.rules().len(), dir = %config.rules.display(), "loaded rule pack");
     Ok(loaded)
 }
@@ -382,15 +387,23 @@ fn run_stream(args: &JobArgs, config: JobConfig, mode: stream::Mode) -> Result<E
         return Err("the Kafka job commits to PostgreSQL: give --postgres (or TTPFLOW_POSTGRES)".into());
     };
     let kafka = config.kafka.clone().unwrap_or_default();
-    let loaded = load_pack(&config)?;
-    let stop = stop_on_signals()?;
     let progress = matches!(mode, stream::Mode::Replay(_));
+    // A replay runs one pack over the history; a running job follows the rules directory.
+    let (pack, watcher) = if progress {
+        (Arc::new(load_pack(&config)?.pack), None)
+    } else {
+        let watcher = crate::reload::RuleWatcher::new(&config.rules, load_options(&config)?)?;
+        info!(rules = watcher.pack().rules().len(), dir = %config.rules.display(), "loaded rule pack");
+        (Arc::clone(watcher.pack()), Some(watcher))
+    };
+    let stop = stop_on_signals()?;
     let summary = stream::run(stream::StreamOptions {
         config,
         kafka,
         postgres,
         mode,
-        pack: Arc::new(loaded.pack),
+        pack,
+        watcher,
         timely: args.cluster.timely()?,
         stop,
         progress,

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod navigator;
 pub mod postgres;
 pub mod publish;
+pub mod reload;
 pub mod rules;
 pub mod runtime;
 pub mod stream;

@@ -71,7 +71,10 @@ use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Transaction};
 use ttpflow_dataflows::record::Tag;
 use ttpflow_dataflows::rollup::RollupRow;
+use ttpflow_dataflows::rules::RuleState;
 use ttpflow_dataflows::types::Diff;
+
+use crate::rules;
 
 /// A numbered migration, built into the binary.
 pub struct Migration {
@@ -86,6 +89,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, name: "002_progress", sql: include_str!("../schemas/002_progress.sql") },
     Migration { version: 3, name: "003_rollup", sql: include_str!("../schemas/003_rollup.sql") },
     Migration { version: 4, name: "004_views", sql: include_str!("../schemas/004_views.sql") },
+    Migration { version: 5, name: "005_rule_state", sql: include_str!("../schemas/005_rule_state.sql") },
     Migration { version: 6, name: "006_stream", sql: include_str!("../schemas/006_stream.sql") },
 ];
 
@@ -132,6 +136,10 @@ pub enum PostgresError {
     BeyondInput { stored: String, end: String },
     #[error("epoch {epoch} leaves two rollup rows for the key {key}; the rollup collection must hold one row per key")]
     RollupConflict { epoch: u64, key: String },
+    #[error("failed to read the rule states from \"ttp_rule_state\"")]
+    ReadRuleStates(#[source] postgres::Error),
+    #[error("failed to read the rule state of \"{rule_id}\": {message}")]
+    RuleState { rule_id: String, message: String },
 }
 
 impl PostgresError {
@@ -141,6 +149,7 @@ impl PostgresError {
             PostgresError::Connect(e)
             | PostgresError::Migrate { source: e, .. }
             | PostgresError::ReadProgress(e)
+            | PostgresError::ReadRuleStates(e)
             | PostgresError::Commit { source: e, .. } => is_transient(e),
             PostgresError::Url(_)
             | PostgresError::RuleVersion { .. }
@@ -148,7 +157,8 @@ impl PostgresError {
             | PostgresError::ForeignInput(_)
             | PostgresError::NotOnBoundary { .. }
             | PostgresError::BeyondInput { .. }
-            | PostgresError::RollupConflict { .. } => false,
+            | PostgresError::RollupConflict { .. }
+            | PostgresError::RuleState { .. } => false,
         }
     }
 }
@@ -251,6 +261,48 @@ pub fn read_positions(client: &mut Client, job: &str) -> Result<Vec<Position>, P
             next_offset: row.get::<_, i64>(2).max(0) as u64,
         })
         .collect())
+}
+
+/// Reads `ttp_rule_state` as rule states by rule id, resolved at `now_micros` exactly as a
+/// state file's are ([`crate::rules::load_states`]): a state whose `expires_at` has passed is
+/// expired, and an expired rule emits nothing. Read at epoch boundaries and handed to the
+/// rule watcher ([`crate::reload::RuleWatcher::set_states`]), so a change, and an expiry
+/// passing, applies live; a state for a rule the pack lacks is the watcher's warning.
+pub fn read_rule_states(client: &mut Client, now_micros: i64) -> Result<BTreeMap<String, RuleState>, PostgresError> {
+    let rows = client
+        .query("SELECT rule_id, state, confidence_max, expires_at FROM ttp_rule_state", &[])
+        .map_err(PostgresError::ReadRuleStates)?;
+    let mut states = BTreeMap::new();
+    for row in rows {
+        let rule_id: String = row.try_get(0).map_err(PostgresError::ReadRuleStates)?;
+        let state: String = row.try_get(1).map_err(PostgresError::ReadRuleStates)?;
+        let confidence_max: Option<f64> = row.try_get(2).map_err(PostgresError::ReadRuleStates)?;
+        let expires_at: Option<SystemTime> = row.try_get(3).map_err(PostgresError::ReadRuleStates)?;
+        let state = rule_state_row(&state, confidence_max, expires_at.map(unix_micros), now_micros)
+            .map_err(|message| PostgresError::RuleState { rule_id: rule_id.clone(), message })?;
+        states.insert(rule_id, state);
+    }
+    Ok(states)
+}
+
+/// One `ttp_rule_state` row (its `state`, `confidence_max` and `expires_at` in microseconds
+/// since the Unix epoch) as the rule state at `now_micros`.
+pub fn rule_state_row(
+    state: &str,
+    confidence_max: Option<f64>,
+    expires_at_micros: Option<i64>,
+    now_micros: i64,
+) -> Result<RuleState, String> {
+    let mode = rules::state_mode(Some(state))?;
+    Ok(rules::resolve_state(mode, confidence_max, expires_at_micros, now_micros))
+}
+
+/// Microseconds since the Unix epoch, saturating (PostgreSQL's `infinity` is far beyond).
+fn unix_micros(time: SystemTime) -> i64 {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_micros()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_micros()).map_or(i64::MIN, |m| -m),
+    }
 }
 
 /// What the sink did.
@@ -1006,5 +1058,24 @@ mod tests {
         let err = net_rollups(7, vec![(row("a", "T1082", 1), 1), (row("a", "T1082", 2), 1)]).unwrap_err();
         assert!(matches!(err, PostgresError::RollupConflict { epoch: 7, .. }), "{err}");
         assert!(err.to_string().contains("(attacker, \"a\", T1082, \"\", TA0007)"), "{err}");
+    }
+
+    #[test]
+    fn rule_state_rows_map_as_state_file_entries_do() {
+        use ttpflow_dataflows::rules::StateMode;
+        let now = 1_000;
+        let clipped = rule_state_row("clipped", Some(0.5), Some(now + 1), now).unwrap();
+        assert_eq!(clipped, RuleState { mode: StateMode::Clipped, confidence_max: Some(0.5), expired: false });
+        assert!(!rule_state_row("disabled", None, None, now).unwrap().is_active());
+        let expired = rule_state_row("enabled", None, Some(now - 1), now).unwrap();
+        assert!(expired.expired && !expired.is_active(), "an expired rule emits nothing, as with a state file");
+        assert!(!rule_state_row("enabled", None, Some(now), now).unwrap().expired, "expired once before now");
+        assert_eq!(
+            rule_state_row("paused", None, None, now).unwrap_err(),
+            "state must be enabled, disabled or clipped, got \"paused\""
+        );
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::MAX / 1_000_000);
+        assert_eq!(unix_micros(far), i64::MAX, "saturates");
+        assert_eq!(unix_micros(SystemTime::UNIX_EPOCH - Duration::from_micros(5)), -5);
     }
 }

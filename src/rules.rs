@@ -532,28 +532,44 @@ pub fn load_states(file: &Path, now_micros: i64) -> Result<BTreeMap<String, Rule
                 return Err(at(&format!("unknown key \"{}\"", yaml_text(key))));
             }
         }
-        let mode = match entry.get("state").and_then(Value::as_str) {
-            Some("enabled") | None => StateMode::Enabled,
-            Some("disabled") => StateMode::Disabled,
-            Some("clipped") => StateMode::Clipped,
-            Some(other) => return Err(at(&format!("state must be enabled, disabled or clipped, got \"{other}\""))),
-        };
+        let mode = state_mode(entry.get("state").and_then(Value::as_str)).map_err(|m| at(&m))?;
         let confidence_max = match entry.get("confidence_max") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => n.as_f64(),
             Some(other) => return Err(at(&format!("confidence_max must be a number, got {}", yaml_text(other)))),
         };
-        let expired = match entry.get("expires_at") {
-            None | Some(Value::Null) => false,
+        let expires_at = match entry.get("expires_at") {
+            None | Some(Value::Null) => None,
             Some(Value::String(s)) => {
-                time::parse_iso8601(s).ok_or_else(|| at(&format!("expires_at \"{s}\" is not an ISO-8601 time")))?
-                    < now_micros
+                Some(time::parse_iso8601(s).ok_or_else(|| at(&format!("expires_at \"{s}\" is not an ISO-8601 time")))?)
             }
             Some(other) => return Err(at(&format!("expires_at must be a string, got {}", yaml_text(other)))),
         };
-        states.insert(rule_id, RuleState { mode, confidence_max, expired });
+        states.insert(rule_id, resolve_state(mode, confidence_max, expires_at, now_micros));
     }
     Ok(states)
+}
+
+/// The mode of a rule state's `state` text (`enabled` when absent).
+pub fn state_mode(state: Option<&str>) -> Result<StateMode, String> {
+    match state {
+        Some("enabled") | None => Ok(StateMode::Enabled),
+        Some("disabled") => Ok(StateMode::Disabled),
+        Some("clipped") => Ok(StateMode::Clipped),
+        Some(other) => Err(format!("state must be enabled, disabled or clipped, got \"{other}\"")),
+    }
+}
+
+/// A rule state as it stands at `now_micros`, from a state file's entry or a `ttp_rule_state`
+/// row alike: expired once `expires_at` (microseconds since the Unix epoch) is before now, and
+/// an expired rule emits nothing (DESIGN §2.2), whatever its mode.
+pub fn resolve_state(
+    mode: StateMode,
+    confidence_max: Option<f64>,
+    expires_at_micros: Option<i64>,
+    now_micros: i64,
+) -> RuleState {
+    RuleState { mode, confidence_max, expired: expires_at_micros.is_some_and(|at| at < now_micros) }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use ttpflow_dataflows::record::{DeadLetter, Event, Line, Pos, Reason, Tag};
 use ttpflow_dataflows::rollup::RollupRow;
 use ttpflow_dataflows::rules::RulePack;
 use ttpflow_dataflows::types::{Coll, Diff, Time};
+use ttpflow_dataflows::PackSchedule;
 
 use crate::files::{dead_letter_json, rollup_json, tag_json, FileError, JsonlWriter, LineSource};
 use crate::postgres::{PostgresError, Sink, SinkStats};
@@ -169,12 +170,12 @@ fn run_worker(
         _ => None,
     };
     let probe = ProbeHandle::new();
-    let pack = Arc::clone(&options.pack);
+    let packs = PackSchedule::fixed(Arc::clone(&options.pack));
     let inputs = options.inputs.clone();
     let mut input = worker.dataflow::<Time, _, _>(|scope| {
         let (input, records) = scope.new_collection::<Line, Diff>();
         let records = records.inner.exchange(|(line, _, _): &(Line, Time, Diff)| line.pos.offset).as_collection();
-        let outputs = ttpflow_dataflows::build(records, pack);
+        let outputs = ttpflow_dataflows::build(records, packs);
         let tags = outputs.tags.probe_with(&probe);
         let rollups = outputs.rollups.probe_with(&probe);
         if options.postgres.is_some() {

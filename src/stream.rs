@@ -52,12 +52,14 @@ use ttpflow_dataflows::record::{DeadLetter, Line, Tag};
 use ttpflow_dataflows::rollup::RollupRow;
 use ttpflow_dataflows::rules::RulePack;
 use ttpflow_dataflows::types::{Coll, Diff, Time};
+use ttpflow_dataflows::PackSchedule;
 
 use crate::config::{JobConfig, KafkaConfig, PublishConfig};
 use crate::kafka::{self, KafkaError, Partition, Publisher, Source};
 use crate::metrics::{self, Health, Metrics, Published};
 use crate::postgres::{Message, Position, PostgresError, SinkStats, StreamSink};
 use crate::publish;
+use crate::reload::{Reload, RuleWatcher};
 
 /// Epoch numbers from here on are live; below are rehydration epochs.
 pub const LIVE_BASE: Time = 1 << 40;
@@ -89,6 +91,10 @@ pub struct StreamOptions {
     pub postgres: String,
     pub mode: Mode,
     pub pack: Arc<RulePack>,
+    /// Watches the rules directory (and `ttp_rule_state`) while the job runs: a changed pack
+    /// that loads is swapped in at an epoch boundary; one that does not is reported and the
+    /// last good pack stays.
+    pub watcher: Option<RuleWatcher>,
     pub timely: timely::Config,
     /// Set by SIGINT/SIGTERM: finish the open epoch, commit it and stop.
     pub stop: Arc<AtomicBool>,
@@ -206,8 +212,13 @@ pub fn run(options: StreamOptions) -> Result<StreamSummary, StreamError> {
     let rehydrating: u64 = plans.iter().map(|p| p.stored.saturating_sub(p.start)).sum();
     tracing::info!(partitions = plans.len(), rehydrating, mode = ?options.mode, "starting kafka job");
     let observed = _server.is_some().then(|| Arc::clone(&metrics));
+    let schedule = PackSchedule::fixed(Arc::clone(&options.pack));
+    let mut options = options;
+    let watcher = Mutex::new(options.watcher.take());
     let shared = Arc::new(Shared {
         plans,
+        schedule,
+        watcher,
         options,
         sink: Mutex::new(Some(sink)),
         publisher: Mutex::new(publisher),
@@ -270,6 +281,10 @@ fn publish_with_retries(publisher: &Publisher, messages: &[Message], health: &He
 /// What all workers of a process share.
 struct Shared {
     plans: Vec<Plan>,
+    /// The packs by epoch, shared by the workers of this process.
+    schedule: PackSchedule,
+    /// Taken by the first worker of this process that starts.
+    watcher: Mutex<Option<RuleWatcher>>,
     options: StreamOptions,
     /// Taken by worker 0.
     sink: Mutex<Option<StreamSink>>,
@@ -515,11 +530,16 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
     let source = Source::assign(&options.kafka, &assignment, shared.observed.clone())?;
 
     let probe = ProbeHandle::new();
-    let pack = Arc::clone(&options.pack);
+    let mut reloader = shared
+        .watcher
+        .lock()
+        .map_err(|_| StreamError::Workers("watcher lock poisoned".into()))?
+        .take()
+        .map(|watcher| Reloader::new(watcher, shared));
     let (mut records, mut progress) = worker.dataflow::<Time, _, _>(|scope| {
         let (records_in, records) = scope.new_collection::<Line, Diff>();
         let (progress_in, progress) = scope.new_collection::<(u32, u64), Diff>();
-        let outputs = ttpflow_dataflows::build(records, pack);
+        let outputs = ttpflow_dataflows::build(records, shared.schedule.clone());
         let changes = outputs
             .tags
             .map(Commit::Tag)
@@ -635,6 +655,10 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
                 }
             }
             worker.step_while(|| probe.less_than(&time));
+            shared.schedule.retire_before(time);
+            if let Some(reloader) = reloader.as_mut().filter(|_| live) {
+                reloader.at_boundary(&shared.schedule, interval);
+            }
         }
         if polled == 0 {
             worker.step_or_park(Some(Duration::from_millis(2)));
@@ -666,6 +690,85 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
         summary.postgres = Some(sink.stats());
     }
     Ok(summary)
+}
+
+/// Polls the rule watcher and the rule states at epoch boundaries and installs a new pack
+/// from an epoch no worker of this process has opened: the first of the clock tick after
+/// next, since workers open epochs of the current tick only.
+struct Reloader {
+    watcher: RuleWatcher,
+    /// Where `ttp_rule_state` is read, every `reload_interval_s`.
+    postgres: String,
+    client: Option<postgres::Client>,
+    /// The states of the `--rule-state` file, which the table's rows override.
+    file_states: BTreeMap<String, ttpflow_dataflows::rules::RuleState>,
+    every: Duration,
+    last: Option<Instant>,
+    /// A pack not installed yet (its epoch was refused), with its rule count.
+    waiting: Option<(Arc<RulePack>, usize)>,
+}
+
+impl Reloader {
+    fn new(watcher: RuleWatcher, shared: &Shared) -> Reloader {
+        let every = Duration::from_secs(shared.options.config.reload_interval_s.max(1));
+        let watcher = watcher.with_min_interval(every);
+        let file_states = watcher.states().clone();
+        let postgres = shared.options.postgres.clone();
+        Reloader { watcher, postgres, client: None, file_states, every, last: None, waiting: None }
+    }
+
+    fn at_boundary(&mut self, schedule: &PackSchedule, interval_ms: u64) {
+        if self.last.is_some_and(|at| at.elapsed() < self.every) && self.waiting.is_none() {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        self.read_states(now);
+        match self.watcher.poll(now) {
+            Reload::Unchanged => {}
+            Reload::Swapped { pack, rules } => self.waiting = Some((pack, rules)),
+            Reload::Rejected { problems } => {
+                tracing::warn!(problems = problems.len(), "changed rule pack does not load; the last good pack stays");
+            }
+        }
+        if let Some((pack, rules)) = self.waiting.take() {
+            let from = clock_epoch_after(interval_ms, 2);
+            match schedule.install(from, Arc::clone(&pack)) {
+                Ok(()) => tracing::info!(rules, epoch = from, "reloaded rule pack"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "rule pack not installed yet");
+                    self.waiting = Some((pack, rules));
+                }
+            }
+        }
+    }
+
+    /// Hands the current `ttp_rule_state` to the watcher; a failure keeps the last states.
+    fn read_states(&mut self, now_micros: i64) {
+        if self.client.is_none() {
+            self.client = crate::postgres::connect(&self.postgres).ok();
+        }
+        let Some(client) = self.client.as_mut() else { return };
+        match crate::postgres::read_rule_states(client, now_micros) {
+            Ok(table) => {
+                let mut states = self.file_states.clone();
+                states.extend(table);
+                if &states != self.watcher.states() {
+                    self.watcher.set_states(states);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to read ttp_rule_state; the last states stay");
+                self.client = None;
+            }
+        }
+    }
+}
+
+/// The first live epoch of the clock tick `ticks` after the current one.
+fn clock_epoch_after(interval_ms: u64, ticks: u64) -> Time {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    LIVE_BASE + ((millis / interval_ms.max(1) + ticks) << 16)
 }
 
 /// Commits each complete live epoch on worker 0; when several are complete they are

@@ -6,8 +6,16 @@
 //! every attacker's latest row, and the R0058 bump state of every attacker whose latest
 //! row has an aggregate verdict of `malicious`.
 //!
-//! Arrangements: the intel rows as an upsert arrangement keyed by attacker uuid (ties
-//! within an epoch go to the later record). State: one row per attacker.
+//! Arrangements: the intel rows, judged, as an upsert arrangement keyed by attacker uuid
+//! (ties within an epoch go to the later record). State: per attacker, the tags and bump
+//! of its latest row.
+//!
+//! Swaps ([`crate::schedule`]): a row is judged by the pack in effect at the epoch in which
+//! it arrives, once, and the arrangement keeps the judgement, so its tags and bump retract
+//! exactly as they were made when a later row replaces it. A swap does not re-evaluate the
+//! rows already judged: the new pack applies to the intel rows that arrive after it loads
+//! (DESIGN §1.3), and a rule it drops takes back no tag already stored; a bump it drops
+//! stays until the attacker's row changes.
 //!
 //! Intel tags are a function of the row alone: `source_kind` `intel`, `source_id` the
 //! attacker uuid (DECNET's `attacker.intel.enriched` path), so the same tags come out
@@ -32,6 +40,7 @@ use crate::json::Json;
 use crate::predicates::Extra;
 use crate::record::{Event, Pos, Table, TableRow, TableUpdate, Tag};
 use crate::rules::RulePack;
+use crate::schedule::PackSchedule;
 use crate::types::{Coll, Diff, Scope, Time};
 
 /// The topic whose events are intel rows.
@@ -319,50 +328,82 @@ impl<'s> Intel<'s> {
 }
 
 /// The stage.
-pub fn stage<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>, pack: Arc<RulePack>) -> Intel<'s> {
-    let latest = latest_rows(events, tables);
-    let bump_pack = Arc::clone(&pack);
-    let bumps =
-        latest.clone().flat_map(move |(attacker, row)| bump_pack.intel_bump(&row.payload).map(|bump| (attacker, bump)));
-    let tags = latest.flat_map(move |(attacker, row)| {
-        let mut tags = Vec::new();
-        pack.intel_tags(&attacker, &row, &mut tags);
-        tags
-    });
+pub fn stage<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>, packs: PackSchedule) -> Intel<'s> {
+    let latest = latest_judged(events, tables, packs);
+    let bumps = latest.clone().flat_map(|(attacker, judged)| judged.bump.map(|bump| (attacker, bump)));
+    let tags = latest.flat_map(|(_, judged)| judged.tags);
     Intel { tags, bumps }
 }
 
-/// Attacker uuid → its latest intel row.
-fn latest_rows<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>) -> Coll<'s, (String, IntelRow)> {
-    type Upsert = (String, Option<(Pos, Option<IntelRow>)>, Time);
+/// An intel row as the pack of its epoch judged it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+struct Judged {
+    tags: Vec<Tag>,
+    bump: Option<Bump>,
+}
+
+impl Judged {
+    fn of(pack: &RulePack, attacker: &str, row: &IntelRow) -> Judged {
+        let mut tags = Vec::new();
+        pack.intel_tags(attacker, row, &mut tags);
+        Judged { tags, bump: pack.intel_bump(&row.payload) }
+    }
+}
+
+/// An upsert of an attacker's intel row: its position and row, `None` for a tombstone.
+type RowUpsert = (String, (Pos, Option<IntelRow>), Time);
+/// The upsert of the row's judgement, as the arrangement takes it.
+type Upsert = (String, Option<(Pos, Option<Judged>)>, Time);
+
+/// Attacker uuid → the judgement of its latest intel row.
+fn latest_judged<'s>(
+    events: Coll<'s, Event>,
+    tables: Coll<'s, TableUpdate>,
+    packs: PackSchedule,
+) -> Coll<'s, (String, Judged)> {
+    let from_tables =
+        tables.inner.flat_map(|(update, time, diff): (TableUpdate, Time, Diff)| table_upsert(update, time, diff));
+    let from_events = events.inner.flat_map(|(event, time, diff): (Event, Time, Diff)| event_upsert(event, time, diff));
+    // Judged before the arrangement, once per row, by the pack of the row's epoch.
+    let mut packs = packs.packs();
+    let upserts = from_tables.concat(from_events).map(move |upsert: RowUpsert| judge(packs.pack(upsert.2), upsert));
     // As for the attackers table: leading with the position makes the greatest value of
     // an epoch its latest record, and a tombstone stays a value.
-    let from_tables = tables.inner.flat_map(|(update, time, diff): (TableUpdate, Time, Diff)| -> Option<Upsert> {
-        let TableUpdate { pos, table, key, row } = update;
-        if table != Table::Intel || diff <= 0 {
-            return None;
-        }
-        let row = match row {
-            Some(TableRow::Other(payload)) => Some(IntelRow { pos, event_time: None, payload: Arc::new(payload) }),
-            _ => None,
-        };
-        Some((key, Some((pos, row)), time))
-    });
-    let from_events = events.inner.flat_map(|(event, time, diff): (Event, Time, Diff)| -> Option<Upsert> {
-        if event.topic != ENRICHED_TOPIC || diff <= 0 {
-            return None;
-        }
-        let attacker = event.str_field("attacker_uuid")?.to_string();
-        let row = IntelRow { pos: event.pos, event_time: event.event_time, payload: event.payload };
-        Some((attacker, Some((row.pos, Some(row))), time))
-    });
-    let upserts = from_tables.concat(from_events);
-    arrange_from_upsert::<ValBuilder<_, _, _, _>, ValSpine<String, (Pos, Option<IntelRow>), Time, Diff>, _, _>(
+    arrange_from_upsert::<ValBuilder<_, _, _, _>, ValSpine<String, (Pos, Option<Judged>), Time, Diff>, _, _>(
         upserts,
         "intel rows",
     )
-    .as_collection(|attacker, (_, row)| row.clone().map(|row| (attacker.clone(), row)))
+    .as_collection(|attacker, (_, judged)| judged.clone().map(|judged| (attacker.clone(), judged)))
     .flat_map(|x| x)
+}
+
+/// The upsert of an intel row, with the row judged by `pack`.
+fn judge(pack: &RulePack, (attacker, (pos, row), time): RowUpsert) -> Upsert {
+    let judged = row.map(|row| Judged::of(pack, &attacker, &row));
+    (attacker, Some((pos, judged)), time)
+}
+
+/// The upsert of a `decnet.attacker_intel` record.
+fn table_upsert(update: TableUpdate, time: Time, diff: Diff) -> Option<RowUpsert> {
+    let TableUpdate { pos, table, key, row } = update;
+    if table != Table::Intel || diff <= 0 {
+        return None;
+    }
+    let row = match row {
+        Some(TableRow::Other(payload)) => Some(IntelRow { pos, event_time: None, payload: Arc::new(payload) }),
+        _ => None,
+    };
+    Some((key, (pos, row), time))
+}
+
+/// The upsert of an `attacker.intel.enriched` event.
+fn event_upsert(event: Event, time: Time, diff: Diff) -> Option<RowUpsert> {
+    if event.topic != ENRICHED_TOPIC || diff <= 0 {
+        return None;
+    }
+    let attacker = event.str_field("attacker_uuid")?.to_string();
+    let row = IntelRow { pos: event.pos, event_time: event.event_time, payload: event.payload };
+    Some((attacker, (row.pos, Some(row)), time))
 }
 
 #[cfg(test)]
@@ -472,7 +513,7 @@ mod tests {
             let (mut events, mut rows) = worker.dataflow::<Time, _, _>(|scope| {
                 let (events_in, events) = scope.new_collection::<Event, Diff>();
                 let (rows_in, rows) = scope.new_collection::<TableUpdate, Diff>();
-                let out = stage(events, rows, Arc::new(pack()));
+                let out = stage(events, rows, PackSchedule::fixed(Arc::new(pack())));
                 out.tags.inspect(move |(tag, time, diff)| {
                     let confidence = format!("{:?}", tag.confidence.0);
                     let row =
@@ -527,6 +568,68 @@ mod tests {
         differential_dataflow::consolidation::consolidate_updates(&mut bumps);
         let bump = ("a".to_string(), Bump { rule_id: "X0058".into(), amount_micros: 50_000 });
         assert_eq!(bumps, vec![(bump.clone(), 0, 1), (bump, 1, -1)], "the bump lasts while the verdict is malicious");
+    }
+
+    /// Pack A from epoch 0 (the provider rule and the bump); pack B from epoch 1: the
+    /// provider rule at another confidence, no bump rule. `a`'s row of epoch 0 keeps A's
+    /// judgement until `a`'s next row (epoch 2), whose judgement is B's; `b`'s row of
+    /// epoch 1 is B's from the start.
+    #[test]
+    fn a_row_keeps_the_judgement_of_its_epoch_until_it_changes() {
+        use differential_dataflow::input::Input;
+        use std::sync::Mutex;
+        type Captured<D> = Arc<Mutex<Vec<(D, Time, Diff)>>>;
+        let tags: Captured<(String, String, String)> = Arc::default();
+        let bumps: Captured<String> = Arc::default();
+        let (t, b) = (Arc::clone(&tags), Arc::clone(&bumps));
+        let mut provider_rule = pack().rules()[0].clone();
+        provider_rule.emits[0].confidence = 0.5;
+        let later = RulePack::new(vec![provider_rule], "v15.1").with_intel_tables(Arc::new(tables()));
+        let packs = PackSchedule::fixed(Arc::new(pack()));
+        packs.install(1, Arc::new(later)).unwrap();
+        let row = |offset: u64, key: &str, score: u32| TableUpdate {
+            pos: Pos { input: 0, offset },
+            table: Table::Intel,
+            key: key.into(),
+            row: Some(TableRow::Other(
+                Json::parse(&format!(
+                    r#"{{"abuseipdb_score":{score},"abuseipdb_categories":[18],"aggregate_verdict":"malicious"}}"#
+                ))
+                .unwrap(),
+            )),
+        };
+        timely::execute_directly(move |worker| {
+            let (mut events, mut rows) = worker.dataflow::<Time, _, _>(|scope| {
+                let (events_in, events) = scope.new_collection::<Event, Diff>();
+                let (rows_in, rows) = scope.new_collection::<TableUpdate, Diff>();
+                let out = stage(events, rows, packs);
+                out.tags.inspect(move |(tag, time, diff)| {
+                    let row = (tag.source_id.clone(), tag.technique_id.clone(), format!("{:?}", tag.confidence.0));
+                    t.lock().unwrap().push((row, *time, *diff))
+                });
+                out.bumps.inspect(move |((attacker, _), time, diff)| {
+                    b.lock().unwrap().push((attacker.clone(), *time, *diff))
+                });
+                (events_in, rows_in)
+            });
+            rows.insert(row(0, "a", 100));
+            rows.advance_to(1);
+            events.advance_to(1);
+            rows.insert(row(1, "b", 100));
+            rows.advance_to(2);
+            events.advance_to(2);
+            rows.insert(row(2, "a", 80));
+        });
+        let mut tags = tags.lock().unwrap().clone();
+        differential_dataflow::consolidation::consolidate_updates(&mut tags);
+        let tag = |source: &str, confidence: &str| (source.to_string(), "T1110".to_string(), confidence.to_string());
+        let mut want =
+            vec![(tag("a", "0.7"), 0, 1), (tag("a", "0.7"), 2, -1), (tag("a", "0.4"), 2, 1), (tag("b", "0.5"), 1, 1)];
+        want.sort();
+        assert_eq!(tags, want, "the retraction at epoch 2 is of A's tag, as it was made");
+        let mut bumps = bumps.lock().unwrap().clone();
+        differential_dataflow::consolidation::consolidate_updates(&mut bumps);
+        assert_eq!(bumps, [("a".to_string(), 0, 1), ("a".to_string(), 2, -1)], "B has no bump rule");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::intel::{self, IntelRow, IntelTables};
 use crate::json::Json;
 use crate::predicates::{Extra, Predicate};
@@ -29,7 +31,7 @@ pub const DEFAULT_ATTACK_RELEASE: &str = "v15.1";
 pub const WINDOWED_EMIT: u32 = 1 << 31;
 
 /// One `emits` entry.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Emit {
     pub tactic: String,
     pub technique_id: String,
@@ -47,7 +49,7 @@ pub enum Matcher {
 }
 
 /// Operational state of a rule (DECNET's `RuleState`), resolved when the pack loads.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RuleState {
     pub mode: StateMode,
     /// Ceiling on emitted confidence while `Clipped`.
@@ -56,7 +58,7 @@ pub struct RuleState {
     pub expired: bool,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StateMode {
     #[default]
     Enabled,
@@ -240,18 +242,20 @@ impl RulePack {
         }
     }
 
-    /// The tags of rule `idx` for a subject that a cross-event detection qualified, with
-    /// `extra` evidence: built as [`RulePack::evaluate`] builds them (state, ceiling, floor),
-    /// ordered after the stateless tags of the same record ([`WINDOWED_EMIT`]), so that when
-    /// both yield one uuid the stateless row is stored. An inactive rule emits nothing.
-    pub(crate) fn emit_windowed(&self, idx: usize, subject: &Subject, extra: Extra, out: &mut Vec<Tag>) {
-        if !self.rules[idx].state.is_active() {
-            return;
-        }
-        let first = out.len();
-        self.emit(idx, subject, extra, out);
-        for tag in &mut out[first..] {
-            tag.emit |= WINDOWED_EMIT;
+    /// What the tags of rule `idx` need of it, for a cross-event detection to make them
+    /// after this pack is gone ([`TagRule::emit_windowed`]).
+    pub fn tag_rule(&self, idx: usize) -> TagRule {
+        let rule = &self.rules[idx];
+        let owns_evidence = matches!(&rule.matcher, Matcher::Structured { predicate, .. } if predicate.owns_evidence());
+        TagRule {
+            idx,
+            rule_id: rule.rule_id.clone(),
+            rule_version: rule.rule_version,
+            emits: rule.emits.clone(),
+            state: rule.state.clone(),
+            evidence_fields: (!owns_evidence).then(|| rule.evidence_fields.clone()),
+            regex: matches!(rule.matcher, Matcher::Regex { .. }),
+            attack_release: self.attack_release.clone(),
         }
     }
 
@@ -288,6 +292,33 @@ impl RulePack {
         out: &mut Vec<Tag>,
     ) {
         let rule = &self.rules[idx];
+        let emitter = Emitter {
+            idx,
+            rule_id: &rule.rule_id,
+            rule_version: rule.rule_version,
+            emits: &rule.emits,
+            state: &rule.state,
+            attack_release: &self.attack_release,
+        };
+        emitter.push_tags(subject, select, out);
+    }
+}
+
+/// A rule as its tags name it: a view of a pack's rule or of a [`TagRule`].
+struct Emitter<'a> {
+    idx: usize,
+    rule_id: &'a str,
+    rule_version: i64,
+    emits: &'a [Emit],
+    state: &'a RuleState,
+    attack_release: &'a str,
+}
+
+impl Emitter<'_> {
+    /// The tags for the emits `select` keeps, with its confidence multiplier and evidence:
+    /// clipped by the rule state, under the floor dropped.
+    fn push_tags(&self, subject: &Subject, select: impl Fn(&Emit) -> Option<(f64, Json)>, out: &mut Vec<Tag>) {
+        let rule = self;
         for (e, emit) in rule.emits.iter().enumerate() {
             let Some((multiplier, evidence)) = select(emit) else { continue };
             let confidence = rule.state.apply_ceiling(emit.confidence * multiplier);
@@ -297,7 +328,7 @@ impl RulePack {
             let uuid = tag_uuid(
                 &subject.source_kind,
                 &subject.source_id,
-                &rule.rule_id,
+                rule.rule_id,
                 rule.rule_version,
                 &emit.technique_id,
                 emit.sub_technique_id.as_deref(),
@@ -305,7 +336,7 @@ impl RulePack {
             out.push(Tag {
                 pos: subject.pos,
                 part: subject.part,
-                emit: (idx as u32) << 8 | e as u32,
+                emit: (rule.idx as u32) << 8 | e as u32,
                 uuid: uuid.into_bytes(),
                 source_kind: subject.source_kind.clone(),
                 source_id: subject.source_id.clone(),
@@ -317,12 +348,62 @@ impl RulePack {
                 technique_id: emit.technique_id.clone(),
                 sub_technique_id: emit.sub_technique_id.clone(),
                 confidence: Confidence(confidence),
-                rule_id: rule.rule_id.clone(),
+                rule_id: rule.rule_id.to_string(),
                 rule_version: rule.rule_version,
                 evidence,
-                attack_release: self.attack_release.clone(),
+                attack_release: self.attack_release.to_string(),
                 observed_at: subject.event_time,
             });
+        }
+    }
+}
+
+/// What the tags of one rule need of it, as data: the candidates of a window outlive the
+/// pack they were made under (see [`crate::schedule`]), so each carries the rule it would
+/// fire as, and a swap neither rewrites nor loses the tags of inputs made before it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TagRule {
+    /// The rule's index in its pack: the order of its tags within a record.
+    idx: usize,
+    rule_id: String,
+    rule_version: i64,
+    emits: Vec<Emit>,
+    state: RuleState,
+    /// The rule's evidence fields; `None` when its predicate makes the whole evidence.
+    evidence_fields: Option<Vec<String>>,
+    /// Whether the rule is a pattern rule (which adds the kind's auxiliary fields).
+    regex: bool,
+    attack_release: String,
+}
+
+impl TagRule {
+    /// The tags of the rule for a subject that a cross-event detection qualified, with
+    /// `extra` evidence: built as [`RulePack::evaluate`] builds them (state, ceiling, floor),
+    /// ordered after the stateless tags of the same record ([`WINDOWED_EMIT`]), so that when
+    /// both yield one uuid the stateless row is stored. An inactive rule emits nothing.
+    pub fn emit_windowed(&self, subject: &Subject, extra: Extra, out: &mut Vec<Tag>) {
+        if !self.state.is_active() {
+            return;
+        }
+        let evidence = match &self.evidence_fields {
+            None => Json::Obj(extra),
+            Some(fields) => {
+                let aux = if self.regex { aux_evidence_fields(&subject.source_kind) } else { &[] };
+                field_evidence(fields, aux, subject, extra)
+            }
+        };
+        let emitter = Emitter {
+            idx: self.idx,
+            rule_id: &self.rule_id,
+            rule_version: self.rule_version,
+            emits: &self.emits,
+            state: &self.state,
+            attack_release: &self.attack_release,
+        };
+        let first = out.len();
+        emitter.push_tags(subject, |_| Some((1.0, evidence.clone())), out);
+        for tag in &mut out[first..] {
+            tag.emit |= WINDOWED_EMIT;
         }
     }
 }
@@ -363,13 +444,19 @@ fn evidence(rule: &Rule, subject: &Subject, extra: Extra) -> Json {
             return Json::Obj(extra);
         }
     }
-    let mut fields: Vec<(String, Json)> = Vec::new();
     // Only DECNET's regex engine adds the auxiliary fields; its lifters do not.
     let aux = match rule.matcher {
         Matcher::Regex { .. } => aux_evidence_fields(&subject.source_kind),
         Matcher::Structured { .. } => &[],
     };
-    let names = rule.evidence_fields.iter().map(String::as_str).chain(aux.iter().copied());
+    field_evidence(&rule.evidence_fields, aux, subject, extra)
+}
+
+/// The named fields present in the payload, then the auxiliary ones, then `extra`
+/// (overriding a payload value of the same name).
+fn field_evidence(evidence_fields: &[String], aux: &[&str], subject: &Subject, extra: Extra) -> Json {
+    let mut fields: Vec<(String, Json)> = Vec::new();
+    let names = evidence_fields.iter().map(String::as_str).chain(aux.iter().copied());
     for name in names {
         if fields.iter().any(|(k, _)| k == name) {
             continue;

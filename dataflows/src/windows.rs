@@ -45,8 +45,18 @@
 //! predicate does not fire on it (the subject still counts in the windows). In-stream tags
 //! order after the stateless tags of the same record ([`crate::rules::WINDOWED_EMIT`]), so
 //! when both yield one uuid the stateless row is stored. Confidence, rule state and the
-//! floor are the pack's (`RulePack::emit_windowed`). Subjects without an event time take
-//! no part.
+//! floor are the pack's ([`crate::rules::TagRule::emit_windowed`]). Subjects without an
+//! event time take no part.
+//!
+//! Swaps ([`crate::schedule`]): a subject is made into window inputs by the pack in effect
+//! at its epoch, compiled once per pack into a plan. Each input carries the definition of
+//! its rule under that pack (parameters, emits, state; [`RuleDef`]), so it is judged, tagged
+//! and retired by that definition for as long as it stays, whatever is loaded since. A
+//! window is one rule (by rule id) and one group: inputs made before and after a swap meet
+//! in it, so a swap does not restart a running window; each candidate is judged by its own
+//! definition, over every entry of the window. A rule the new pack drops or disables gets no
+//! new inputs; its inputs already made run out as they would have, and the tags they made
+//! stay stored. An input's horizon is that of its own definition's window.
 //!
 //! Determinism: detections are differential reduces over keyed collections, so the output
 //! is a function of the set of inputs, whatever their order or epoch cuts. Thresholds are
@@ -91,8 +101,9 @@ use crate::email;
 use crate::json::Json;
 use crate::predicates::Extra;
 use crate::record::{Subject, Table, TableRow, TableUpdate, Tag};
-use crate::rules::{Matcher, RulePack};
-use crate::types::{Coll, Diff};
+use crate::rules::{Matcher, RulePack, TagRule};
+use crate::schedule::PackSchedule;
+use crate::types::{Coll, Diff, Time};
 
 /// How far behind the watermark an input may arrive and still find its window whole.
 pub const LATENESS_US: i64 = 10 * MINUTE_US;
@@ -108,8 +119,8 @@ const REUSE_MIN_ATTACKERS: f64 = 2.0;
 pub type Digest = [u8; 32];
 
 /// The stage: the windowed rules' tags.
-pub fn stage<'s>(subjects: Coll<'s, Subject>, tables: Coll<'s, TableUpdate>, pack: Arc<RulePack>) -> Coll<'s, Tag> {
-    graph(subjects, tables, pack).tags
+pub fn stage<'s>(subjects: Coll<'s, Subject>, tables: Coll<'s, TableUpdate>, packs: PackSchedule) -> Coll<'s, Tag> {
+    graph(subjects, tables, packs).tags
 }
 
 /// The stage's collections: its tags, and the window inputs it retains (for tests).
@@ -119,20 +130,20 @@ struct Parts<'s> {
     retained: Coll<'s, Input>,
 }
 
-fn graph<'s>(subjects: Coll<'s, Subject>, tables: Coll<'s, TableUpdate>, pack: Arc<RulePack>) -> Parts<'s> {
-    let plan = Arc::new(Plan::compile(pack));
-    let inputs = subjects.flat_map({
-        let plan = Arc::clone(&plan);
-        move |subject| plan.inputs(&subject)
-    });
-    let retained = retain(inputs, Arc::clone(&plan));
+fn graph<'s>(subjects: Coll<'s, Subject>, tables: Coll<'s, TableUpdate>, packs: PackSchedule) -> Parts<'s> {
+    let mut plans = packs.lookup(|pack| Plan::compile(Arc::clone(pack)));
+    let inputs = subjects
+        .inner
+        .flat_map(move |(subject, time, diff): (Subject, Time, Diff)| {
+            plans.at(time).inputs(&subject).into_iter().map(move |input| (input, time, diff))
+        })
+        .as_collection();
+    let retained = retain(inputs);
     let spraying = retained.clone().filter(Input::needs_identity);
     let entries = retained.clone().filter(|i| !i.needs_identity()).concat(resolve_identities(spraying, tables));
-    let detect = Arc::clone(&plan);
-    let fires = entries
-        .map(|i| (i.key, i.entry))
-        .reduce_named("window detections", move |key, entries, out| detect.detect(key, entries, out));
-    let tags = fires.flat_map(move |(key, fire)| plan.tags(&key, &fire));
+    let fires =
+        entries.map(|i| (i.key, i.entry)).reduce_named("window detections", |_, entries, out| detect(entries, out));
+    let tags = fires.flat_map(|(key, fire)| tags(&key, &fire));
     Parts { tags, retained }
 }
 
@@ -147,11 +158,10 @@ enum Retirement {
 }
 
 /// The window inputs, less the retirements the watermark made due, one epoch later.
-fn retain<'s>(inputs: Coll<'s, Input>, plan: Arc<Plan>) -> Coll<'s, Input> {
+fn retain<'s>(inputs: Coll<'s, Input>) -> Coll<'s, Input> {
     let (edit, edits) = VecVariable::new(inputs.scope(), 1);
     let retained = inputs.concat(edits);
-    let due_at = Arc::clone(&plan);
-    let by_due = retained.clone().map(move |i| (due_at.due(&i), i));
+    let by_due = retained.clone().map(|i| (i.due(), i));
     // Keyed by the minute they fall due, inputs are looked at once, when that minute passes,
     // not every time the watermark moves.
     let passed = by_due
@@ -166,10 +176,9 @@ fn retain<'s>(inputs: Coll<'s, Input>, plan: Arc<Plan>) -> Coll<'s, Input> {
         })
         .map(|((), passed)| passed)
         .arrange_by_key_named("passed due minutes");
-    let due = by_due
-        .arrange_by_key_named("retained window inputs by due minute")
-        .join_core(passed, move |_, input, watermark| {
-            plan.retirement(input, *watermark).map(|retirement| (input.clone(), retirement))
+    let due =
+        by_due.arrange_by_key_named("retained window inputs by due minute").join_core(passed, |_, input, watermark| {
+            input.retirement(*watermark).map(|retirement| (input.clone(), retirement))
         });
     // An input is due from the epoch its minute passes until its edit lands, when it
     // retracts. The join may split one time's output into pieces of both signs (the
@@ -218,12 +227,14 @@ fn resolve_identities<'s>(spraying: Coll<'s, Input>, tables: Coll<'s, TableUpdat
 pub struct Input {
     pub key: WindowKey,
     pub entry: Entry,
+    /// The window of the rule as the input's pack defines it, which decides when it retires.
+    pub window: i64,
 }
 
-/// A window: one rule (its index in the pack) and one group of its inputs.
+/// A window: one rule (by its id, the same across packs) and one group of its inputs.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct WindowKey {
-    pub rule: u32,
+    pub rule: Arc<str>,
     pub group: Group,
 }
 
@@ -256,7 +267,14 @@ pub struct Entry {
     /// Whether the entry counts at all (R0001, R0005: failures only).
     pub counted: bool,
     /// The subject, reduced to what its tag may show, when the entry may fire.
-    pub candidate: Option<Arc<Subject>>,
+    pub candidate: Option<Arc<Candidate>>,
+}
+
+/// A subject that may fire, with the definition of the rule it is judged by.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Candidate {
+    pub subject: Subject,
+    pub rule: RuleDef,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -269,7 +287,7 @@ pub enum Item {
 /// A subject that fired, with the measure of its window.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Fire {
-    pub subject: Arc<Subject>,
+    pub candidate: Arc<Candidate>,
     /// Counted entries, or distinct items, as the detection measures.
     pub count: i64,
     /// The sum of the counted entries' weights.
@@ -290,19 +308,47 @@ impl Input {
 
     /// A spraying input keyed by `identity`, else by its attacker.
     fn with_identity(self, identity: Option<&str>) -> Input {
-        let Input { key, entry } = self;
+        let Input { key, entry, window } = self;
         let group = match key.group {
             Group::SprayingAttacker { attacker, password } => {
                 Group::Spraying { identity: identity.map_or(attacker, str::to_string), password }
             }
             other => other,
         };
-        Input { key: WindowKey { rule: key.rule, group }, entry }
+        Input { key: WindowKey { rule: key.rule, group }, entry, window }
     }
 
     /// The input without its candidate: an entry of other subjects' windows only.
     fn demoted(&self) -> Input {
-        Input { key: self.key.clone(), entry: Entry { candidate: None, ..self.entry.clone() } }
+        Input { entry: Entry { candidate: None, ..self.entry.clone() }, ..self.clone() }
+    }
+
+    /// How far behind the watermark the input retires: a candidate once its window may lose
+    /// entries (`window + LATENESS_US`), an input once no candidate's window can hold it
+    /// (`2 × window + LATENESS_US`).
+    fn lag(&self) -> (i64, i64) {
+        (self.window + LATENESS_US, 2 * self.window + LATENESS_US)
+    }
+
+    /// The first watermark (a whole minute) at which the input retires.
+    fn due(&self) -> i64 {
+        let (demote, expire) = self.lag();
+        let lag = if self.entry.candidate.is_some() { demote } else { expire };
+        let at = self.entry.t.saturating_add(lag);
+        at + (WATERMARK_QUANTUM_US - at.rem_euclid(WATERMARK_QUANTUM_US)) % WATERMARK_QUANTUM_US
+    }
+
+    /// What `watermark` makes due for the input.
+    fn retirement(&self, watermark: i64) -> Option<Retirement> {
+        let (demote, expire) = self.lag();
+        let entry = &self.entry;
+        if entry.t <= watermark.saturating_sub(expire) {
+            return Some(Retirement::Expire);
+        }
+        if entry.candidate.is_some() && entry.t <= watermark.saturating_sub(demote) {
+            return Some(if entry.counted { Retirement::Demote } else { Retirement::Expire });
+        }
+        None
     }
 }
 
@@ -312,7 +358,7 @@ fn quantize(t: i64) -> i64 {
 }
 
 /// The cross-event detections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Detection {
     AuthBurst,
     PasswordGuessing,
@@ -355,10 +401,12 @@ impl Detection {
     }
 }
 
-/// A windowed rule of the pack, with its parameters resolved.
-#[derive(Debug)]
-struct WindowRule {
+/// A windowed rule of a pack, with its parameters resolved.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WindowRule {
+    /// The rule's index in its pack.
     idx: usize,
+    rule_id: Arc<str>,
     detection: Detection,
     /// Window length in microseconds.
     window: i64,
@@ -367,12 +415,71 @@ struct WindowRule {
     threshold: f64,
     /// The payload fields a candidate keeps: the rule's evidence fields, never `password`.
     keep: Vec<String>,
+    /// What its tags need of the rule.
+    tags: TagRule,
 }
 
-/// The pack's windowed rules, compiled once for the stage.
+/// A windowed rule as one pack defines it, shared by the inputs made under that pack and
+/// compared by a digest of the definition, so that the same definition in two packs is one.
+/// The digest is of the definition's `Debug` text: it is compared only within one build.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RuleDef {
+    digest: u64,
+    rule: Arc<WindowRule>,
+}
+
+impl RuleDef {
+    fn new(rule: WindowRule) -> RuleDef {
+        let digest = Sha256::digest(format!("{rule:?}").as_bytes());
+        let digest = u64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
+        RuleDef { digest, rule: Arc::new(rule) }
+    }
+}
+
+impl std::ops::Deref for RuleDef {
+    type Target = WindowRule;
+
+    fn deref(&self) -> &WindowRule {
+        &self.rule
+    }
+}
+
+impl std::fmt::Debug for RuleDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{:016x}", self.rule.rule_id, self.digest)
+    }
+}
+
+impl PartialEq for RuleDef {
+    fn eq(&self, other: &RuleDef) -> bool {
+        self.digest == other.digest
+    }
+}
+
+impl Eq for RuleDef {}
+
+impl PartialOrd for RuleDef {
+    fn partial_cmp(&self, other: &RuleDef) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RuleDef {
+    fn cmp(&self, other: &RuleDef) -> std::cmp::Ordering {
+        self.digest.cmp(&other.digest)
+    }
+}
+
+impl std::hash::Hash for RuleDef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.digest.hash(state);
+    }
+}
+
+/// A pack's windowed rules, compiled once per pack.
 struct Plan {
     pack: Arc<RulePack>,
-    rules: Vec<WindowRule>,
+    rules: Vec<RuleDef>,
 }
 
 /// A numeric parameter, when present, finite and positive.
@@ -430,49 +537,18 @@ impl Plan {
             let params = if detection == Detection::ValidAfterBrute { &brute_params } else { &own_params };
             let Spec { threshold: (threshold_key, threshold), window: (window_key, window, unit) } = detection.spec();
             let minutes = param(params, window_key).unwrap_or(window) * unit;
-            rules.push(WindowRule {
+            rules.push(RuleDef::new(WindowRule {
                 idx,
+                rule_id: rule.rule_id.as_str().into(),
                 detection,
                 window: minutes_us(minutes),
                 window_minutes: Json::Num(format!("{minutes}")),
                 threshold: threshold_key.and_then(|k| param(params, k)).unwrap_or(threshold),
                 keep: rule.evidence_fields.iter().filter(|f| f.as_str() != "password").cloned().collect(),
-            });
+                tags: pack.tag_rule(idx),
+            }));
         }
         Plan { pack, rules }
-    }
-
-    fn rule(&self, idx: u32) -> Option<&WindowRule> {
-        self.rules.iter().find(|r| r.idx == idx as usize)
-    }
-
-    /// How far behind the watermark `input` retires: a candidate once its window may lose
-    /// entries (`window + LATENESS_US`), an input once no candidate's window can hold it
-    /// (`2 × window + LATENESS_US`).
-    fn lag(&self, input: &Input) -> (i64, i64) {
-        let window = self.rule(input.key.rule).map_or(0, |r| r.window);
-        (window + LATENESS_US, 2 * window + LATENESS_US)
-    }
-
-    /// The first watermark (a whole minute) at which `input` retires.
-    fn due(&self, input: &Input) -> i64 {
-        let (demote, expire) = self.lag(input);
-        let lag = if input.entry.candidate.is_some() { demote } else { expire };
-        let at = input.entry.t.saturating_add(lag);
-        at + (WATERMARK_QUANTUM_US - at.rem_euclid(WATERMARK_QUANTUM_US)) % WATERMARK_QUANTUM_US
-    }
-
-    /// What `watermark` makes due for `input`.
-    fn retirement(&self, input: &Input, watermark: i64) -> Option<Retirement> {
-        let (demote, expire) = self.lag(input);
-        let entry = &input.entry;
-        if entry.t <= watermark.saturating_sub(expire) {
-            return Some(Retirement::Expire);
-        }
-        if entry.candidate.is_some() && entry.t <= watermark.saturating_sub(demote) {
-            return Some(if entry.counted { Retirement::Demote } else { Retirement::Expire });
-        }
-        None
     }
 
     /// Whether the rule's stateless predicate fires on the subject (then detect has judged it).
@@ -484,11 +560,12 @@ impl Plan {
     }
 
     /// The subject as a candidate of `rule`, unless the rule's stateless predicate fires on it.
-    fn candidate(&self, rule: &WindowRule, subject: &Subject, payload: impl FnOnce() -> Json) -> Option<Arc<Subject>> {
+    fn candidate(&self, rule: &RuleDef, subject: &Subject, payload: impl FnOnce() -> Json) -> Option<Arc<Candidate>> {
         if self.stateless_fires(rule, subject) {
             return None;
         }
-        Some(Arc::new(Subject { payload: Arc::new(payload()), ..subject.clone() }))
+        let subject = Subject { payload: Arc::new(payload()), ..subject.clone() };
+        Some(Arc::new(Candidate { subject, rule: rule.clone() }))
     }
 
     /// The window inputs of one subject.
@@ -506,7 +583,7 @@ impl Plan {
         }
     }
 
-    fn auth_input(&self, rule: &WindowRule, subject: &Subject, t: i64, attempt: &Attempt) -> Option<Input> {
+    fn auth_input(&self, rule: &RuleDef, subject: &Subject, t: i64, attempt: &Attempt) -> Option<Input> {
         let attacker = attempt.attacker.to_string();
         let credential = attempt.username.zip(attempt.password);
         let (group, item, counted, may_fire) = match rule.detection {
@@ -538,12 +615,13 @@ impl Plan {
             return None;
         }
         Some(Input {
-            key: WindowKey { rule: rule.idx as u32, group },
+            key: WindowKey { rule: Arc::clone(&rule.rule_id), group },
             entry: Entry { t, item, weight: 1, counted, candidate },
+            window: rule.window,
         })
     }
 
-    fn email_input(&self, rule: &WindowRule, subject: &Subject, t: i64) -> Option<Input> {
+    fn email_input(&self, rule: &RuleDef, subject: &Subject, t: i64) -> Option<Input> {
         if rule.detection != Detection::MassPhish {
             return None;
         }
@@ -558,79 +636,88 @@ impl Plan {
         };
         let candidate = self.candidate(rule, subject, || Json::Obj(email::evidence(payload, &[], Vec::new())));
         Some(Input {
-            key: WindowKey { rule: rule.idx as u32, group: Group::Body(body) },
+            key: WindowKey { rule: Arc::clone(&rule.rule_id), group: Group::Body(body) },
             entry: Entry { t, item: Item::Nothing, weight: recipients, counted: true, candidate },
+            window: rule.window,
         })
     }
+}
 
-    /// The detection of one window: the candidates whose window qualifies.
-    fn detect(&self, key: &WindowKey, entries: &[(&Entry, Diff)], out: &mut Vec<(Fire, Diff)>) {
-        let Some(rule) = self.rule(key.rule) else { return };
-        let measure = |tally: &Tally| match rule.detection {
-            Detection::AuthBurst | Detection::ValidAfterBrute | Detection::MassPhish => tally.count,
-            _ => tally.distinct.len() as i64,
-        };
-        let qualifies = |tally: &Tally| {
-            let enough = measure(tally) as f64 >= rule.threshold;
-            match rule.detection {
-                Detection::MassPhish => tally.count >= 2 && tally.total as f64 >= rule.threshold,
-                _ => enough,
-            }
-        };
-        let mut fired_attackers: BTreeSet<&Item> = BTreeSet::new();
-        sweep(rule.detection.span(), rule.window, entries, qualifies, |entry, candidate, tally| {
-            // R0004 tags each attacker once, on its earliest qualifying use.
-            if rule.detection == Detection::CredentialReuse && !fired_attackers.insert(&entry.item) {
-                return;
-            }
-            out.push((Fire { subject: Arc::clone(candidate), count: measure(tally), total: tally.total }, 1));
-        });
+/// The detection of one window: the candidates whose window qualifies, each judged by the
+/// definition it was made under (one, unless a swap changed the rule while the window ran).
+fn detect(entries: &[(&Entry, Diff)], out: &mut Vec<(Fire, Diff)>) {
+    let mut rules: Vec<&RuleDef> = entries.iter().filter_map(|(e, _)| e.candidate.as_ref()).map(|c| &c.rule).collect();
+    rules.sort();
+    rules.dedup();
+    for rule in rules {
+        detect_under(rule, entries, out);
     }
+}
 
-    /// The tags of a fire.
-    fn tags(&self, key: &WindowKey, fire: &Fire) -> Vec<Tag> {
-        let Some(rule) = self.rule(key.rule) else { return Vec::new() };
-        let number = |n: i64| Json::Num(n.to_string());
-        let mut subject = (*fire.subject).clone();
-        let extra: Extra = match (rule.detection, &key.group) {
-            (Detection::AuthBurst, _) => vec![
-                ("fail_count".to_string(), number(fire.count)),
-                ("window_minutes".to_string(), rule.window_minutes.clone()),
-            ],
-            (Detection::ValidAfterBrute, _) => vec![("prior_fail_count".to_string(), number(fire.count))],
-            (Detection::PasswordGuessing, _) => vec![("password_count".to_string(), number(fire.count))],
-            (Detection::PasswordSpraying, Group::Spraying { identity, password }) => {
-                subject.source_kind = "identity".to_string();
-                subject.source_id = identity.clone();
-                vec![
-                    ("shared_password_hash".to_string(), Json::Str(hex(password))),
-                    ("account_count".to_string(), number(fire.count)),
-                ]
-            }
-            (Detection::CredentialReuse, Group::Secret(secret)) => {
-                let secret = hex(secret);
-                subject.source_kind = "credential".to_string();
-                subject.source_id = format!("{}#cred:{}", attacker_of(&subject).unwrap_or_default(), &secret[..16]);
-                vec![
-                    ("credential_hash".to_string(), Json::Str(secret)),
-                    ("reuse_count".to_string(), number(fire.count)),
-                ]
-            }
-            (Detection::MassPhish, _) => {
-                let mut evidence = match &*subject.payload {
-                    Json::Obj(fields) => fields.clone(),
-                    _ => Vec::new(),
-                };
-                evidence.push(("simhash_messages".to_string(), number(fire.count)));
-                evidence.push(("simhash_rcpt_total".to_string(), number(fire.total)));
-                evidence
-            }
-            _ => return Vec::new(),
-        };
-        let mut out = Vec::new();
-        self.pack.emit_windowed(rule.idx, &subject, extra, &mut out);
-        out
-    }
+/// The candidates made under `rule` whose window qualifies, over every entry of the window.
+fn detect_under(rule: &RuleDef, entries: &[(&Entry, Diff)], out: &mut Vec<(Fire, Diff)>) {
+    let measure = |tally: &Tally| match rule.detection {
+        Detection::AuthBurst | Detection::ValidAfterBrute | Detection::MassPhish => tally.count,
+        _ => tally.distinct.len() as i64,
+    };
+    let qualifies = |tally: &Tally| {
+        let enough = measure(tally) as f64 >= rule.threshold;
+        match rule.detection {
+            Detection::MassPhish => tally.count >= 2 && tally.total as f64 >= rule.threshold,
+            _ => enough,
+        }
+    };
+    let mut fired_attackers: BTreeSet<&Item> = BTreeSet::new();
+    let mine = |candidate: &Candidate| candidate.rule == *rule;
+    sweep(rule.detection.span(), rule.window, entries, mine, qualifies, |entry, candidate, tally| {
+        // R0004 tags each attacker once, on its earliest qualifying use.
+        if rule.detection == Detection::CredentialReuse && !fired_attackers.insert(&entry.item) {
+            return;
+        }
+        out.push((Fire { candidate: Arc::clone(candidate), count: measure(tally), total: tally.total }, 1));
+    });
+}
+
+/// The tags of a fire, as the definition of its candidate's rule makes them.
+fn tags(key: &WindowKey, fire: &Fire) -> Vec<Tag> {
+    let rule = &fire.candidate.rule;
+    let number = |n: i64| Json::Num(n.to_string());
+    let mut subject = fire.candidate.subject.clone();
+    let extra: Extra = match (rule.detection, &key.group) {
+        (Detection::AuthBurst, _) => vec![
+            ("fail_count".to_string(), number(fire.count)),
+            ("window_minutes".to_string(), rule.window_minutes.clone()),
+        ],
+        (Detection::ValidAfterBrute, _) => vec![("prior_fail_count".to_string(), number(fire.count))],
+        (Detection::PasswordGuessing, _) => vec![("password_count".to_string(), number(fire.count))],
+        (Detection::PasswordSpraying, Group::Spraying { identity, password }) => {
+            subject.source_kind = "identity".to_string();
+            subject.source_id = identity.clone();
+            vec![
+                ("shared_password_hash".to_string(), Json::Str(hex(password))),
+                ("account_count".to_string(), number(fire.count)),
+            ]
+        }
+        (Detection::CredentialReuse, Group::Secret(secret)) => {
+            let secret = hex(secret);
+            subject.source_kind = "credential".to_string();
+            subject.source_id = format!("{}#cred:{}", attacker_of(&subject).unwrap_or_default(), &secret[..16]);
+            vec![("credential_hash".to_string(), Json::Str(secret)), ("reuse_count".to_string(), number(fire.count))]
+        }
+        (Detection::MassPhish, _) => {
+            let mut evidence = match &*subject.payload {
+                Json::Obj(fields) => fields.clone(),
+                _ => Vec::new(),
+            };
+            evidence.push(("simhash_messages".to_string(), number(fire.count)));
+            evidence.push(("simhash_rcpt_total".to_string(), number(fire.total)));
+            evidence
+        }
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    rule.tags.emit_windowed(&subject, extra, &mut out);
+    out
 }
 
 /// What the credential detections read from an `auth_attempt` subject. The password is
@@ -748,8 +835,9 @@ impl<'a> Tally<'a> {
     }
 }
 
-/// Calls `visit` for every candidate of `entries` (sorted by event time) whose window
-/// `qualifies`, with the tally that qualified it, sliding the window edges forward once.
+/// Calls `visit` for every candidate of `entries` (sorted by event time) that is `mine` and
+/// whose window `qualifies`, with the tally that qualified it, sliding the window edges
+/// forward once. Every counted entry counts, the candidates of other definitions included.
 ///
 /// A window reaching past its subject (`Span::Around`) is measured as of the first instant
 /// it qualifies: the subject's own time when what precedes suffices, else the time of the
@@ -759,13 +847,14 @@ fn sweep<'a>(
     span: Span,
     window: i64,
     entries: &[(&'a Entry, Diff)],
+    mine: impl Fn(&Candidate) -> bool,
     qualifies: impl Fn(&Tally<'a>) -> bool,
-    mut visit: impl FnMut(&'a Entry, &'a Arc<Subject>, &Tally<'a>),
+    mut visit: impl FnMut(&'a Entry, &'a Arc<Candidate>, &Tally<'a>),
 ) {
     let mut tally = Tally::default();
     let (mut lo, mut hi) = (0, 0);
     for &(entry, _) in entries {
-        let Some(candidate) = &entry.candidate else { continue };
+        let Some(candidate) = entry.candidate.as_ref().filter(|c| mine(c)) else { continue };
         let t = entry.t;
         let upto = |e: i64| if span == Span::Before { e < t } else { e <= t };
         while hi < entries.len() && upto(entries[hi].0.t) {
@@ -964,14 +1053,18 @@ mod tests {
 
     /// Feeds epoch `i` at time `i` and runs the graph to completion.
     fn run(rules: Vec<Rule>, epochs: Vec<Epoch>) -> Run {
-        let pack = Arc::new(RulePack::new(rules, DEFAULT_ATTACK_RELEASE));
+        run_scheduled(PackSchedule::fixed(Arc::new(RulePack::new(rules, DEFAULT_ATTACK_RELEASE))), epochs)
+    }
+
+    /// [`run`] with the packs of `packs`.
+    fn run_scheduled(packs: PackSchedule, epochs: Vec<Epoch>) -> Run {
         let (tags, retained): (Captured<Tag>, Captured<Input>) = Default::default();
         let (t, r) = (Arc::clone(&tags), Arc::clone(&retained));
         timely::execute_directly(move |worker| {
             let (mut subjects, mut tables) = worker.dataflow::<Time, _, _>(|scope| {
                 let (subjects_in, subjects) = scope.new_collection::<Subject, Diff>();
                 let (tables_in, tables) = scope.new_collection::<TableUpdate, Diff>();
-                let parts = graph(subjects, tables, pack);
+                let parts = graph(subjects, tables, packs);
                 parts.tags.inspect(move |x| t.lock().unwrap().push(x.clone()));
                 parts.retained.inspect(move |x| r.lock().unwrap().push(x.clone()));
                 (subjects_in, tables_in)
@@ -1286,6 +1379,45 @@ mod tests {
         );
         let floored = RuleState { mode: StateMode::Clipped, confidence_max: Some(0.2), expired: false };
         assert!(with_state(floored).is_empty(), "under the floor");
+    }
+
+    /// Pack A (5 failures) from epoch 0; pack B from epoch 1, with the brute-force rule at 3
+    /// failures and another confidence, after another rule (its index moves).
+    #[test]
+    fn a_swap_keeps_running_windows_and_judges_each_candidate_by_its_own_pack() {
+        let packs = PackSchedule::fixed(Arc::new(RulePack::new(vec![brute("{}")], DEFAULT_ATTACK_RELEASE)));
+        let mut lowered = brute(r#"{"fail_threshold":3}"#);
+        lowered.emits[0].confidence = 0.6;
+        packs.install(1, Arc::new(RulePack::new(vec![valid_use(), lowered], DEFAULT_ATTACK_RELEASE))).unwrap();
+        let epochs = vec![
+            // Four failures: no burst under A.
+            epoch((0..4).map(|i| fail(i, (10 + i as i64) * S, "a")).collect()),
+            // A late failure completes A's @3, judged by A; @5 is B's, over the entries of both.
+            epoch(vec![fail(4, 5 * S, "a"), fail(5, 14 * S, "a")]),
+        ];
+        let run = run_scheduled(packs, epochs);
+        assert_eq!(
+            final_tags(&run),
+            [
+                r#"R0001 auth_attempt/a @3 0.85 {"service":"ssh","fail_count":5,"window_minutes":5}"#,
+                r#"R0001 auth_attempt/a @5 0.6 {"service":"ssh","fail_count":6,"window_minutes":5}"#,
+            ]
+        );
+        let emits: Vec<u32> = accumulated(&run.tags).iter().map(|(t, _)| t.emit & !WINDOWED_EMIT).collect();
+        assert_eq!(emits, [0, 1 << 8], "each tag is ordered by its own pack's rule index");
+    }
+
+    #[test]
+    fn a_windowed_rule_the_new_pack_drops_makes_no_new_tags_and_takes_back_none() {
+        let packs = PackSchedule::fixed(Arc::new(RulePack::new(vec![brute("{}")], DEFAULT_ATTACK_RELEASE)));
+        packs.install(1, Arc::new(RulePack::new(vec![guessing()], DEFAULT_ATTACK_RELEASE))).unwrap();
+        let burst = |from: u64| (from..from + 5).map(|i| fail(i, i as i64 * S, "a")).collect::<Vec<_>>();
+        let run = run_scheduled(packs, vec![epoch(burst(0)), epoch(burst(5))]);
+        assert_eq!(
+            final_tags(&run),
+            [r#"R0001 auth_attempt/a @4 0.85 {"service":"ssh","fail_count":5,"window_minutes":5}"#]
+        );
+        assert!(run.tags.iter().all(|(_, time, _)| *time == 0), "nothing changes at the swap");
     }
 
     #[test]

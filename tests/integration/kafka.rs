@@ -596,3 +596,104 @@ fn two_processes_store_the_tables_of_one() {
     assert_eq!(stored_tags(&two), stored_tags(&one), "two processes store other tags than one");
     assert_eq!(stored_rollups(&two), stored_rollups(&one), "two processes store other rollups than one");
 }
+
+/// The tags of the sessions of copy `copy` of the example (source ids `c<copy>-…`; the
+/// example's other events are the same in every copy, so their tags are stored once), by
+/// rule id.
+fn rules_fired(url: &str, copy: usize) -> BTreeMap<String, usize> {
+    let prefix = format!("c{copy}-");
+    let mut fired = BTreeMap::new();
+    for tag in stored_tags(url).values() {
+        if tag["source_id"].as_str().is_some_and(|s| s.starts_with(&prefix)) {
+            *fired.entry(tag["rule_id"].as_str().unwrap().to_string()).or_insert(0) += 1;
+        }
+    }
+    fired
+}
+
+impl Job {
+    /// Waits until standard error has said `what` `times` times.
+    fn wait_for_log(&mut self, what: &str, times: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.stderr().matches(what).count() < times {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("ttpflow exited with {status}: {}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "ttpflow did not log \"{what}\": {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_changed_pack_applies_from_the_next_epoch_a_broken_one_keeps_the_last_good_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    for entry in std::fs::read_dir(root().join("rules")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&path, rules.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let config = dir.path().join("ttpflow.toml");
+    std::fs::write(&config, "reload_interval_s = 1\n").unwrap();
+    let copies: Vec<Vec<Record>> = (0..4)
+        .map(|i| {
+            let text = std::fs::read_to_string(root().join("examples/fleet.jsonl")).unwrap();
+            let copy = text.replace("\"session_id\":\"", &format!("\"session_id\":\"c{i}-"));
+            copy.lines().filter(|l| l.starts_with('{')).map(record_of).collect()
+        })
+        .collect();
+    let all: Vec<Record> = copies.concat();
+    let cluster = cluster(&all);
+    let url = database("kafka_reload");
+    let config_arg = config.to_str().unwrap();
+    let mut job = Job::start(ttpflow(&cluster.brokers, &url, &rules, "run", &["--config", config_arg]));
+    let mut sent = Vec::new();
+    let mut feed = |job: &mut Job, copy: &[Record]| {
+        produce(&cluster.brokers, copy);
+        sent.extend_from_slice(copy);
+        wait_for_offsets(&url, "kafka", consumed(&sent).len() as i64, &mut job.child);
+    };
+
+    feed(&mut job, &copies[0]);
+    let before = rules_fired(&url, 0);
+    assert!(before.len() >= 2, "the example fires too few rules: {before:?}");
+
+    // A broken file: reported, and the last good pack goes on.
+    std::fs::write(rules.join("TF9999.yaml"), "rule_id: TF9999\nmatch: [unclosed\n").unwrap();
+    job.wait_for_log("does not load", 1);
+    assert!(job.stderr().contains("TF9999"), "the broken file is not named: {}", job.stderr());
+    feed(&mut job, &copies[1]);
+    assert_eq!(rules_fired(&url, 1), before, "a broken pack changed what fires");
+
+    // Fixed, and the rule that fired most removed: from the next epoch it fires no more.
+    std::fs::remove_file(rules.join("TF9999.yaml")).unwrap();
+    let (removed, _) = before.iter().max_by_key(|(_, n)| **n).map(|(r, n)| (r.clone(), *n)).unwrap();
+    std::fs::remove_file(rules.join(format!("{removed}.yaml"))).unwrap();
+    job.wait_for_log("reloaded rule pack", 1);
+    // The swap is installed two clock ticks ahead: let them pass.
+    std::thread::sleep(Duration::from_millis(600));
+    feed(&mut job, &copies[2]);
+    let mut want = before.clone();
+    want.remove(&removed);
+    assert_eq!(rules_fired(&url, 2), want, "the reloaded pack without {removed}");
+
+    // A rule disabled in ttp_rule_state: from the next epoch it fires no more either.
+    let (disabled, _) = want.iter().next().map(|(r, n)| (r.clone(), *n)).unwrap();
+    client(&url)
+        .execute(
+            "INSERT INTO ttp_rule_state (rule_id, state, reason, set_by) VALUES ($1, 'disabled', 'test', 'test')",
+            &[&disabled],
+        )
+        .expect("insert a rule state");
+    job.wait_for_log("reloaded rule pack", 2);
+    std::thread::sleep(Duration::from_millis(600));
+    feed(&mut job, &copies[3]);
+    want.remove(&disabled);
+    assert_eq!(rules_fired(&url, 3), want, "the pack with {disabled} disabled");
+    job.stop();
+    // Tags stored before a change stay.
+    assert_eq!(rules_fired(&url, 0), before);
+}

@@ -411,6 +411,46 @@ fn migrations_apply_once() {
 }
 
 #[test]
+fn rule_states_are_read_from_ttp_rule_state_and_applied_by_the_watcher() {
+    use ttpflow::reload::{Reload, RuleWatcher};
+    use ttpflow_dataflows::rules::{RuleState, StateMode};
+    let url = database("rule_states");
+    let mut c = client(&url);
+    ttpflow::postgres::migrate(&mut c).expect("migrate");
+    c.batch_execute(
+        "INSERT INTO ttp_rule_state (rule_id, state, confidence_max, expires_at, reason, set_by) VALUES
+             ('TF0001', 'disabled', NULL, NULL, 'noisy on the staging fleet', 'analyst'),
+             ('TF0002', 'clipped', 0.5, now() + interval '1 hour', 'under review', 'analyst'),
+             ('TF0003', 'enabled', NULL, '2000-01-01T00:00:00Z', NULL, NULL),
+             ('TF9999', 'clipped', 0.4, 'infinity', NULL, NULL)",
+    )
+    .expect("insert rule states");
+    assert!(
+        c.execute("INSERT INTO ttp_rule_state (rule_id, state) VALUES ('TF0004', 'paused')", &[]).is_err(),
+        "the table holds the three states only"
+    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let states = ttpflow::postgres::read_rule_states(&mut c, now).expect("read the rule states");
+    let state = |mode, confidence_max, expired| RuleState { mode, confidence_max, expired };
+    assert_eq!(
+        states.into_iter().collect::<Vec<_>>(),
+        [
+            ("TF0001".to_string(), state(StateMode::Disabled, None, false)),
+            ("TF0002".to_string(), state(StateMode::Clipped, Some(0.5), false)),
+            ("TF0003".to_string(), state(StateMode::Enabled, None, true)),
+            ("TF9999".to_string(), state(StateMode::Clipped, Some(0.4), false)),
+        ]
+    );
+    let mut watcher = RuleWatcher::new(root().join("rules"), LoadOptions::default()).expect("the pack loads");
+    watcher.set_states(ttpflow::postgres::read_rule_states(&mut c, now).unwrap());
+    let Reload::Swapped { pack, .. } = watcher.poll(now) else { panic!("new states swap") };
+    let rule = |id: &str| pack.rules().iter().find(|r| r.rule_id == id).unwrap().state.clone();
+    assert!(!rule("TF0001").is_active() && !rule("TF0003").is_active(), "disabled, expired");
+    assert_eq!(rule("TF0002").apply_ceiling(0.95), 0.5);
+    assert_eq!(rule("TF0004"), RuleState::default());
+}
+
+#[test]
 fn a_second_run_commits_nothing_and_changes_no_row() {
     let dir = tempfile::tempdir().unwrap();
     let (name, rules_dir, inputs) = corpora(dir.path()).pop().unwrap();

@@ -34,7 +34,7 @@ fn capture(rules_dir: &std::path::Path, inputs: Vec<PathBuf>, workers: usize, ep
         let sink = Arc::clone(&sink);
         let mut input = worker.dataflow::<Time, _, _>(|scope| {
             let (input, records) = scope.new_collection::<Line, Diff>();
-            let out = ttpflow_dataflows::build(records, Arc::clone(&pack));
+            let out = ttpflow_dataflows::build(records, ttpflow_dataflows::PackSchedule::fixed(Arc::clone(&pack)));
             let s = Arc::clone(&sink);
             out.tags.inspect(move |x| s.lock().unwrap().tags.push(x.clone()));
             let s = Arc::clone(&sink);
