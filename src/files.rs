@@ -95,7 +95,7 @@ impl LineSource {
                 self.current = None;
                 continue;
             }
-            let pos = Pos { input: *input, offset: *offset };
+            let pos = Pos { ts: 0, input: *input, offset: *offset };
             *offset += 1;
             while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
                 self.buf.pop();

@@ -265,7 +265,8 @@ impl Source {
 
     fn line(&self, message: &BorrowedMessage<'_>) -> Option<Line> {
         let number = *self.numbers.get(&(message.topic().to_string(), message.partition()))?;
-        let pos = Pos { input: number, offset: message.offset().max(0) as u64 };
+        let ts = message.timestamp().to_millis().unwrap_or(0);
+        let pos = Pos { ts, input: number, offset: message.offset().max(0) as u64 };
         Some(record_line(pos, message.topic(), message.key(), message.payload()))
     }
 
@@ -379,7 +380,7 @@ mod tests {
 
     #[test]
     fn table_records_carry_their_key() {
-        let pos = Pos { input: 3, offset: 9 };
+        let pos = Pos { ts: 0, input: 3, offset: 9 };
         let line = record_line(pos, "decnet.attackers", Some(b"a\"1"), Some(br#"{"uuid":"a1"}"#));
         assert_eq!(line.text.unwrap(), r#"{"key":"a\"1","value":{"uuid":"a1"}}"#);
         let tombstone = record_line(pos, "decnet.attackers", Some(b"a1"), None);

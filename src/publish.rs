@@ -144,7 +144,7 @@ mod tests {
 
     fn tag(source_id: &str, technique: &str, sub: Option<&str>, n: u8) -> Tag {
         Tag {
-            pos: Pos { input: 0, offset: n as u64 },
+            pos: Pos { ts: 0, input: 0, offset: n as u64 },
             part: 0,
             emit: 0,
             uuid: [n; 16],
@@ -202,7 +202,7 @@ mod tests {
     fn dead_letters_name_their_partition() {
         let partitions = [Partition { topic: "attacker.observed".into(), partition: 2 }];
         let dead = DeadLetter {
-            pos: Pos { input: 0, offset: 41 },
+            pos: Pos { ts: 0, input: 0, offset: 41 },
             topic: Some("attacker.observed".into()),
             reason: Reason::InvalidJson,
             detail: "expected value".into(),

@@ -137,7 +137,8 @@ pub fn stage<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>) -> Anch
 fn attackers_by_ip<'s>(tables: Coll<'s, TableUpdate>) -> ArrangedByKey<'s, String, String> {
     // Upserts keep, per key, the greatest value among those of one epoch; leading with
     // the position makes that the latest record, and a tombstone stays a value (`None`
-    // row) so that a later delete beats an earlier insert of the same epoch.
+    // row) so that a later delete beats an earlier insert of the same epoch. Records that
+    // an earlier epoch's greater position beats are dropped first (`latest`).
     let upserts = tables.inner.flat_map(|(update, time, diff): (TableUpdate, Time, Diff)| {
         let TableUpdate { pos, table, key, row } = update;
         if table != Table::Attackers {
@@ -149,6 +150,7 @@ fn attackers_by_ip<'s>(tables: Coll<'s, TableUpdate>) -> ArrangedByKey<'s, Strin
         };
         (diff > 0).then_some((key, Some((pos, row)), time))
     });
+    let upserts = crate::latest::newer_only(upserts, "decnet.attackers");
     let attackers =
         arrange_from_upsert::<ValBuilder<_, _, _, _>, ValSpine<String, (Pos, Option<AttackerRow>), Time, Diff>, _, _>(
             upserts,
@@ -179,7 +181,7 @@ mod tests {
 
     fn event(offset: u64, payload: &str) -> Event {
         Event {
-            pos: Pos { input: 0, offset },
+            pos: Pos { ts: 0, input: 0, offset },
             topic: "attacker.observed".into(),
             event_type: String::new(),
             source_kind: Some("session".into()),
@@ -190,7 +192,7 @@ mod tests {
 
     fn attacker(offset: u64, uuid: &str, ip: Option<&str>) -> TableUpdate {
         TableUpdate {
-            pos: Pos { input: 0, offset },
+            pos: Pos { ts: 0, input: 0, offset },
             table: Table::Attackers,
             key: uuid.into(),
             row: ip.map(|ip| {

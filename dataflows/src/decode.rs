@@ -325,7 +325,7 @@ mod tests {
     use crate::record::Pos;
 
     fn line(text: &str) -> Line {
-        Line { pos: Pos { input: 0, offset: 7 }, topic: None, text: Ok(text.to_string()) }
+        Line { pos: Pos { ts: 0, input: 0, offset: 7 }, topic: None, text: Ok(text.to_string()) }
     }
 
     fn reason(text: &str) -> Reason {

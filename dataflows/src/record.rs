@@ -10,10 +10,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::json::Json;
 
-/// Where a record came from: the input (file or topic partition) and the offset in it.
-/// The derived order is the order in which records were read.
+/// Where a record came from: its record time, the input (file or topic partition) and the
+/// offset in it. The derived order is the order of the records: for files, the order in
+/// which they were read (their time is 0); on Kafka, the record timestamps, then topic,
+/// partition and offset (inputs are numbered in topic and partition order). It is a
+/// property of the record, not of when it arrived, so everything decided by it ("the
+/// latest row wins", "the earliest record's row is stored") comes out the same however
+/// the records of several partitions interleave.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Pos {
+    /// Milliseconds since the Unix epoch of the Kafka record (its timestamp); 0 in files.
+    pub ts: i64,
     pub input: u32,
     pub offset: u64,
 }

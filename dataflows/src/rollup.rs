@@ -888,7 +888,7 @@ mod tests {
         let mut uuid = [0; 16];
         uuid[..8].copy_from_slice(&n.to_le_bytes());
         Tag {
-            pos: Pos { input: 0, offset: n },
+            pos: Pos { ts: 0, input: 0, offset: n },
             part: 0,
             emit: 0,
             uuid,
@@ -1218,7 +1218,7 @@ mod tests {
             Json::Obj(fields.iter().map(|(k, v)| (s(k), v.map_or(Json::Null, |v| Json::Str(s(v))))).collect())
         };
         let identity_row = move |offset: u64, uuid: &str, campaign: &str| TableUpdate {
-            pos: Pos { input: 1, offset },
+            pos: Pos { ts: 0, input: 1, offset },
             table: Table::Identities,
             key: s(uuid),
             row: Some(TableRow::Other(obj(&[
@@ -1228,13 +1228,13 @@ mod tests {
             ]))),
         };
         let attacker_row = |offset: u64, uuid: &str, identity: &str| TableUpdate {
-            pos: Pos { input: 1, offset },
+            pos: Pos { ts: 0, input: 1, offset },
             table: Table::Attackers,
             key: s(uuid),
             row: Some(TableRow::Attacker(AttackerRow { uuid: s(uuid), ip: None, identity_id: Some(s(identity)) })),
         };
         let event = move |offset: u64, topic: &str, fields: &[(&str, Option<&str>)]| Event {
-            pos: Pos { input: 2, offset },
+            pos: Pos { ts: 0, input: 2, offset },
             topic: s(topic),
             event_type: String::new(),
             source_kind: None,

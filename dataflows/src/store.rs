@@ -73,7 +73,7 @@ mod tests {
 
     fn tag(offset: u64, uuid: u8) -> Tag {
         Tag {
-            pos: Pos { input: 0, offset },
+            pos: Pos { ts: 0, input: 0, offset },
             part: 0,
             emit: 0,
             uuid: [uuid; 16],

@@ -981,7 +981,7 @@ mod tests {
     fn auth(offset: u64, at: i64, attacker: &str, fields: &str) -> Subject {
         let payload = format!(r#"{{"attacker_uuid":"{attacker}","service":"ssh",{fields}}}"#);
         Subject {
-            pos: Pos { input: 0, offset },
+            pos: Pos { ts: 0, input: 0, offset },
             part: 0,
             source_kind: "auth_attempt".into(),
             source_id: attacker.into(),
@@ -1007,7 +1007,7 @@ mod tests {
             r#"{{"attacker_uuid":"a-mail","from_domain":"ceo@victim.example","rcpt_domains":["Victim.example"],{fields}}}"#
         );
         Subject {
-            pos: Pos { input: 0, offset },
+            pos: Pos { ts: 0, input: 0, offset },
             part: 0,
             source_kind: "email".into(),
             source_id: id.into(),
@@ -1022,7 +1022,7 @@ mod tests {
 
     fn attacker_row(offset: u64, uuid: &str, identity: Option<&str>) -> TableUpdate {
         TableUpdate {
-            pos: Pos { input: 1, offset },
+            pos: Pos { ts: 0, input: 1, offset },
             table: Table::Attackers,
             key: uuid.into(),
             row: Some(TableRow::Attacker(AttackerRow {
