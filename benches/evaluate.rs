@@ -32,7 +32,7 @@ fn lines(path: &Path, copies: usize) -> Vec<Line> {
     let base: Vec<&str> = text.lines().collect();
     (0..copies * base.len())
         .map(|i| Line {
-            pos: Pos { input: 0, offset: i as u64 },
+            pos: Pos { ts: 0, input: 0, offset: i as u64 },
             topic: None,
             text: Ok(base[i % base.len()].to_string()),
         })
