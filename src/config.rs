@@ -94,27 +94,14 @@ pub struct KafkaConfig {
 
 impl Default for KafkaConfig {
     fn default() -> KafkaConfig {
-        let topics = [
-            "attacker.session.ended",
-            "attacker.observed",
-            "attacker.intel.enriched",
-            "attacker.fingerprinted",
-            "identity.formed",
-            "identity.merged",
-            "identity.unmerged",
-            "identity.observation.linked",
-            "identity.campaign.assigned",
-            "credential.captured",
-            "credential.reuse.detected",
-            "email.received",
-            "canary.*",
-        ];
+        // The topics the decoder takes, and the canary family by pattern.
+        let topics = ttpflow_dataflows::decode::BUS_TOPICS.iter().copied().chain(["canary.*"]);
         let tables = ["decnet.attackers", "decnet.attacker_identities", "decnet.campaigns", "decnet.attacker_intel"];
         KafkaConfig {
             brokers: String::from("localhost:9092"),
             group: String::from("ttpflow"),
             commit_group_offsets: true,
-            topics: topics.iter().map(|t| t.to_string()).collect(),
+            topics: topics.map(str::to_string).collect(),
             tables: tables.iter().map(|t| t.to_string()).collect(),
             properties: BTreeMap::new(),
             publish: PublishConfig::default(),

@@ -21,7 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::common::{self, root};
-use crate::postgres::{client, database, stored_rollups, stored_tags};
+use crate::postgres::{client, database, jitter, stored_rollups, stored_tags};
 
 /// One record to produce.
 #[derive(Clone, Debug)]
@@ -71,16 +71,7 @@ fn corpus(dir: &Path) -> (String, PathBuf, Vec<Record>) {
             records.extend(std::fs::read_to_string(events).unwrap().lines().map(record_of));
             ("dev".into(), conf.join("decnet/rules"), records)
         }
-        None => {
-            let text = std::fs::read_to_string(root().join("examples/fleet.jsonl")).unwrap();
-            let records = (0..300)
-                .flat_map(|i| {
-                    let copy = text.replace("\"session_id\":\"", &format!("\"session_id\":\"c{i}-"));
-                    copy.lines().filter(|l| l.starts_with('{')).map(record_of).collect::<Vec<_>>()
-                })
-                .collect();
-            ("fleet".into(), root().join("rules"), records)
-        }
+        None => ("fleet".into(), root().join("rules"), small_corpus(300)),
     }
 }
 
@@ -420,14 +411,15 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
 /// Copies of the bundled example (each copy's sessions renamed), a few malformed records,
 /// and the pack of the project.
 fn small_corpus(copies: usize) -> Vec<Record> {
+    (0..copies).flat_map(example_copy).collect()
+}
+
+/// Copy `i` of the bundled example, its sessions renamed `c<i>-…`.
+fn example_copy(i: usize) -> Vec<Record> {
     let text = std::fs::read_to_string(root().join("examples/fleet.jsonl")).unwrap();
-    (0..copies)
-        .flat_map(|i| {
-            let copy = text.replace("\"session_id\":\"", &format!("\"session_id\":\"c{i}-"));
-            // The example's one line that is not JSON has no topic to go to.
-            copy.lines().filter(|l| l.starts_with('{')).map(record_of).collect::<Vec<_>>()
-        })
-        .collect()
+    let copy = text.replace("\"session_id\":\"", &format!("\"session_id\":\"c{i}-"));
+    // The example's one line that is not JSON has no topic to go to.
+    copy.lines().filter(|l| l.starts_with('{')).map(record_of).collect()
 }
 
 #[test]
@@ -537,11 +529,6 @@ fn kill_9_mid_epoch_and_restart_give_the_tables_of_an_uninterrupted_run() {
     assert!(stored.keys().all(|uuid| published.contains_key(uuid)), "{name}: a stored tag was never published");
     let again = stored.keys().filter(|u| published[*u] > published_once.get(*u).copied().unwrap_or(0)).count();
     println!("{name}: the killed runs published {again} of {} stored tags", stored.len());
-}
-
-fn jitter(bound: u64) -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
-    (nanos.wrapping_mul(6364136223846793005) >> 20) % bound.max(1)
 }
 
 #[test]
@@ -672,13 +659,7 @@ fn a_changed_pack_applies_from_the_next_epoch_a_broken_one_keeps_the_last_good_p
     }
     let config = dir.path().join("ttpflow.toml");
     std::fs::write(&config, "reload_interval_s = 1\n").unwrap();
-    let copies: Vec<Vec<Record>> = (0..4)
-        .map(|i| {
-            let text = std::fs::read_to_string(root().join("examples/fleet.jsonl")).unwrap();
-            let copy = text.replace("\"session_id\":\"", &format!("\"session_id\":\"c{i}-"));
-            copy.lines().filter(|l| l.starts_with('{')).map(record_of).collect()
-        })
-        .collect();
+    let copies: Vec<Vec<Record>> = (0..4).map(example_copy).collect();
     let all: Vec<Record> = copies.concat();
     let cluster = cluster(&all);
     let url = database("kafka_reload");

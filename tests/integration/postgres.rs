@@ -496,7 +496,7 @@ fn a_second_run_commits_nothing_and_changes_no_row() {
 }
 
 /// A small pseudo-random number from the clock (the moments of the kills).
-fn jitter(bound: u64) -> u64 {
+pub(crate) fn jitter(bound: u64) -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
     (nanos.wrapping_mul(6364136223846793005) >> 20) % bound.max(1)
 }
