@@ -181,7 +181,8 @@ fn run_worker(
         if options.postgres.is_some() {
             // One stream, so the committer's frontier passes an epoch only once both the
             // epoch's tags and its rollup changes are in.
-            let changes = tags.clone().map(Commit::Tag).concat(rollups.clone().map(Commit::Rollup));
+            let changes =
+                tags.clone().map(|tag| Commit::Tag(Box::new(tag))).concat(rollups.clone().map(Commit::Rollup));
             commit_epochs(changes, committer.clone());
         }
         write_tags(tags, writers.clone());
@@ -291,7 +292,7 @@ fn on_worker_zero<D: timely::ExchangeData + Ord>(
 /// What the PostgreSQL sink commits per epoch.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 enum Commit {
-    Tag(Tag),
+    Tag(Box<Tag>),
     Rollup(RollupRow),
 }
 
@@ -314,7 +315,7 @@ fn commit_epochs(changes: Coll<'_, Commit>, committer: Option<Rc<RefCell<Committ
                 let epoch = stash.entry(t).or_default();
                 match change {
                     // Stored rows are never updated: only additions are committed.
-                    Commit::Tag(tag) if r > 0 => epoch.tags.push(tag),
+                    Commit::Tag(tag) if r > 0 => epoch.tags.push(*tag),
                     Commit::Tag(_) => {}
                     Commit::Rollup(row) => epoch.rollups.push((row, r)),
                 }

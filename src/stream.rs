@@ -338,7 +338,7 @@ fn report_progress(shared: &Shared) {
 /// What worker 0 commits, in one stream so that its frontier covers all of it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 enum Commit {
-    Tag(Tag),
+    Tag(Box<Tag>),
     Rollup(RollupRow),
     Dead(DeadLetter),
     /// A partition (by number) and its next offset after the epoch.
@@ -542,7 +542,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
         let outputs = ttpflow_dataflows::build(records, shared.schedule.clone());
         let changes = outputs
             .tags
-            .map(Commit::Tag)
+            .map(|tag| Commit::Tag(Box::new(tag)))
             .concat(outputs.rollups.map(Commit::Rollup))
             .concat(outputs.dead_letters.map(Commit::Dead))
             .concat(progress.map(|(number, next)| Commit::Progress(number, next)))
@@ -790,7 +790,7 @@ fn commit_epochs(changes: Coll<'_, Commit>, committer: Option<Rc<RefCell<Committ
                 }
                 let epoch = stash.entry(time).or_default();
                 match change {
-                    Commit::Tag(tag) if diff > 0 => epoch.tags.push(tag),
+                    Commit::Tag(tag) if diff > 0 => epoch.tags.push(*tag),
                     Commit::Tag(_) => {}
                     Commit::Rollup(row) => epoch.rollups.push((row, diff)),
                     Commit::Dead(dead) if diff > 0 => epoch.dead.push(dead),
