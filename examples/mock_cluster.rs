@@ -4,8 +4,10 @@
 //! Every line goes to the topic it names: bus envelopes as they are, table records
 //! (`{"topic":"decnet.…","key","value"}`) keyed by their key, with their row (or a
 //! tombstone) as the value. Bus records are spread over `--partitions` partitions by
-//! attacker IP (the mock cluster keeps at most 5 MiB per partition). The bootstrap servers
-//! are printed once everything is produced; the cluster lives until standard input closes.
+//! attacker IP (the mock cluster keeps at most 5 MiB per partition); `--topic NAME:N`
+//! creates a topic of N partitions up front. The bootstrap servers are printed once
+//! everything is produced; the cluster lives until standard input closes. Run with
+//! `--topic` only, it is a broker program for the Kafka tests (`TTPFLOW_TEST_KAFKA_BROKER`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
@@ -18,15 +20,20 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut partitions = 4;
     let mut files = Vec::new();
+    let mut topics: BTreeMap<String, i32> = BTreeMap::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--partitions" => partitions = args.next().ok_or("--partitions needs a number")?.parse()?,
+            "--topic" => {
+                let spec = args.next().ok_or("--topic needs NAME:PARTITIONS")?;
+                let (name, n) = spec.rsplit_once(':').ok_or("--topic needs NAME:PARTITIONS")?;
+                topics.insert(name.to_string(), n.parse()?);
+            }
             _ => files.push(arg),
         }
     }
     let mut records: Vec<(String, i32, Option<String>, Option<String>)> = Vec::new();
-    let mut topics: BTreeMap<String, i32> = BTreeMap::new();
     for file in &files {
         for line in std::io::BufReader::new(std::fs::File::open(file)?).lines() {
             let line = line?;

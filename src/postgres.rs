@@ -189,8 +189,12 @@ pub fn connect(url: &str) -> Result<Client, PostgresError> {
 pub fn migrate(client: &mut Client) -> Result<Vec<i32>, PostgresError> {
     let bookkeeping = |source| PostgresError::Migrate { name: "ttpflow_migrations", source };
     let mut tx = client.transaction().map_err(bookkeeping)?;
+    // Processes of one cluster start together: a transaction-scoped advisory lock makes
+    // them migrate one after the other (two concurrent `CREATE TABLE IF NOT EXISTS` of
+    // the same table conflict in the catalog).
     tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS ttpflow_migrations (
+        "SELECT pg_advisory_xact_lock(7346275016593522001);
+         CREATE TABLE IF NOT EXISTS ttpflow_migrations (
              version integer PRIMARY KEY,
              name text NOT NULL,
              applied_at timestamptz NOT NULL DEFAULT now()

@@ -29,8 +29,11 @@
 //! the stored position wait for the first live epoch. Since the graph's output at an
 //! epoch depends only on the records up to it, the rollup collection after the rehydration
 //! epochs is the one the stored rows were committed from, and the live epochs' differences
-//! apply to them exactly; a tag seen again is absorbed by `ON CONFLICT DO NOTHING` and,
-//! not being new, is not published. Table topics have positions like bus topics, so a table
+//! apply to them exactly. The tags of rehydration epochs are committed once more, without
+//! positions: a tag stored already is absorbed by `ON CONFLICT DO NOTHING` and, not being
+//! new, is not published, while one that the earlier run never committed (its records
+//! were all read before the stored positions, but in epochs cut differently) is stored and
+//! published now instead of being lost. Table topics have positions like bus topics, so a table
 //! row that arrived after the last commit is not folded into the rehydrated state.
 //!
 //! A replay from the start rebuilds the same tables: its first commit forgets the stored
@@ -371,7 +374,7 @@ struct Committer {
 }
 
 impl Committer {
-    /// Commits the complete live epochs merged into one transaction, then publishes.
+    /// Commits the complete epochs merged into one transaction, then publishes.
     fn commit(&mut self, epoch: Time, pending: Pending) {
         if self.error.is_some() {
             return;
@@ -771,8 +774,8 @@ fn clock_epoch_after(interval_ms: u64, ticks: u64) -> Time {
     LIVE_BASE + ((millis / interval_ms.max(1) + ticks) << 16)
 }
 
-/// Commits each complete live epoch on worker 0; when several are complete they are
-/// committed together. Rehydration epochs are dropped: their output is stored already.
+/// Commits each complete epoch on worker 0; when several are complete they are committed
+/// together. Of a rehydration epoch only the tags are committed.
 fn commit_epochs(changes: Coll<'_, Commit>, committer: Option<Rc<RefCell<Committer>>>, metrics: Arc<Metrics>) {
     let mut stash: BTreeMap<Time, Pending> = BTreeMap::new();
     let mut pending_events: Diff = 0;
@@ -785,7 +788,9 @@ fn commit_epochs(changes: Coll<'_, Commit>, committer: Option<Rc<RefCell<Committ
                     metrics.set_pending(pending_events.max(0) as u64);
                     continue;
                 }
-                if time < LIVE_BASE {
+                // A rehydration epoch's rollups, letters and positions are stored already;
+                // its tags are committed again (see the module's essay).
+                if time < LIVE_BASE && !matches!(change, Commit::Tag(_)) {
                     continue;
                 }
                 let epoch = stash.entry(time).or_default();
