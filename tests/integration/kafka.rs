@@ -552,9 +552,16 @@ fn kill_9_mid_epoch_and_restart_give_the_tables_of_an_uninterrupted_run() {
     let killed = database("kafka_kill_killed");
     let mut partial = Vec::new();
     for round in 0..3 {
-        let mut job = Job::start(ttpflow(&cluster.brokers, &killed, &rules, "run", &["-w", "2"]));
-        let wait = Duration::from_millis(200 + jitter(duration.as_millis() as u64 / 2));
-        std::thread::sleep(wait);
+        // Small epochs, and the kill right after a commit of this round (or a while into
+        // the round when it commits nothing), so that it lands mid-run even on a small corpus.
+        let before = stored_offsets(&killed, "kafka");
+        let mut job =
+            Job::start(ttpflow(&cluster.brokers, &killed, &rules, "run", &["-w", "2", "--epoch-records", "500"]));
+        let deadline = Instant::now() + duration + Duration::from_secs(5);
+        while stored_offsets(&killed, "kafka") == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(jitter(50)));
         job.child.kill().expect("SIGKILL");
         let _ = job.child.wait();
         partial.push((round, stored_offsets(&killed, "kafka")));

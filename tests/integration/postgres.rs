@@ -491,7 +491,8 @@ fn a_second_run_commits_nothing_and_changes_no_row() {
         postgres: Some(url.clone()),
     });
     let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(message.contains("not on an epoch boundary") && message.contains(&format!(": {at},")), "{message}");
+    let names_it = message.contains(&format!(": {at},")) || message.contains(&format!(": {at})"));
+    assert!(message.contains("not on an epoch boundary") && names_it, "{message}");
     assert!(before == raw_rows(&url), "{name}: a refused run changes nothing");
 }
 
@@ -796,7 +797,9 @@ fn the_views_agree_with_ttp_rollup_and_ttp_tag() {
                  || replace(coalesce(nullif(sub_technique_id, ''), technique_id), '.', '/') || '/') \
                  FROM ttp_rollup WHERE scope_kind = '{kind}'"
             ));
-            assert!(!from_table.is_empty(), "{db}: no {kind} rows");
+            // The bundled example names no identities or campaigns.
+            let expected = !(db.ends_with("fleet") && matches!(kind, "identity" | "campaign"));
+            assert!(!expected || !from_table.is_empty(), "{db}: no {kind} rows");
             assert_eq!(from_view, from_table, "{db}: {view}");
         }
         // The tag inspector's rows add up to the rollups of the scopes a tag names itself.
