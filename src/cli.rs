@@ -1,5 +1,5 @@
-//! The command line: `ttpflow run`, `ttpflow replay`, `ttpflow rules check` and `ttpflow
-//! export navigator`.
+//! The command line: `ttpflow run`, `ttpflow replay`, `ttpflow rules check`, `ttpflow
+//! export navigator` and `ttpflow generate`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +40,49 @@ pub enum Command {
         #[command(subcommand)]
         command: ExportCommand,
     },
+    /// Write a deterministic synthetic fleet (reference tables, then bus events) in the
+    /// embedded input format, for benchmarks and soak runs.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Bus events to write (replays and malformed lines included; late attacker rows are
+    /// extra lines).
+    #[arg(long, default_value_t = 20_000)]
+    pub events: u64,
+    /// Attackers (`decnet.attackers` rows), each with its own address.
+    #[arg(long, default_value_t = 500)]
+    pub attackers: u64,
+    /// Identities the attackers belong to (`decnet.attacker_identities` rows); 0 for none.
+    #[arg(long, default_value_t = 100)]
+    pub identities: u64,
+    /// Campaigns the identities belong to (`decnet.campaigns` rows); attackers of one
+    /// campaign share infrastructure and habits. 0 for none.
+    #[arg(long, default_value_t = 10)]
+    pub campaigns: u64,
+    /// Seed of the fleet: the same arguments write the same bytes.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write `DIR/tables.jsonl` and `DIR/events.jsonl`; without it, the tables and then the
+    /// events go to standard output.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Per mille of attackers whose row is not in the tables but among the events, at a
+    /// point of the run (their earlier events wait for it).
+    #[arg(long, default_value_t = 20)]
+    pub late_permille: u32,
+    /// Per mille of events from addresses no attacker row ever claims (`unanchored` dead
+    /// letters in a run).
+    #[arg(long, default_value_t = 2)]
+    pub orphan_permille: u32,
+    /// Per mille of events that repeat a recent event verbatim.
+    #[arg(long, default_value_t = 30)]
+    pub replay_permille: u32,
+    /// Per mille of deliberately malformed lines (cut-off JSON, an unconsumed topic, a
+    /// wrong-typed field, an envelope without payload).
+    #[arg(long, default_value_t = 0)]
+    pub malformed_permille: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,7 +304,40 @@ pub fn main(cli: Cli) -> Result<ExitCode, BoxError> {
         Command::Replay(args) => replay(args),
         Command::Rules { command: RulesCommand::Check { dir, intel_dir } } => check(&dir, intel_dir.as_deref()),
         Command::Export { command: ExportCommand::Navigator(args) } => export_navigator(args),
+        Command::Generate(args) => generate(args),
     }
+}
+
+/// Writes the fleet; the summary goes to standard error, as standard output may be the data.
+fn generate(args: GenerateArgs) -> Result<ExitCode, BoxError> {
+    let options = crate::generate::Options {
+        events: args.events,
+        attackers: args.attackers,
+        identities: args.identities,
+        campaigns: args.campaigns,
+        seed: args.seed,
+        late_permille: args.late_permille,
+        orphan_permille: args.orphan_permille,
+        replay_permille: args.replay_permille,
+        malformed_permille: args.malformed_permille,
+    };
+    let summary = match &args.out {
+        Some(dir) => crate::generate::to_dir(&options, dir)?,
+        None => crate::generate::to_stdout(&options)?,
+    };
+    let c = summary.counts;
+    eprintln!(
+        "tables={} events={} late_rows={} replays={} orphans={} malformed={} bytes={} elapsed_s={:.3}",
+        summary.tables,
+        c.events,
+        c.late_rows,
+        c.replays,
+        c.orphans,
+        c.malformed,
+        summary.bytes,
+        summary.elapsed.as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn export_navigator(args: NavigatorArgs) -> Result<ExitCode, BoxError> {

@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod common;
+mod generate;
 mod kafka;
 mod pipeline;
 mod postgres;
