@@ -1158,8 +1158,10 @@ mod tests {
                 assert_eq!(at(&out.campaign_canonical, epoch), campaigns, "campaign_canonical, {context}");
                 assert_eq!(at(&out.identity_campaign, epoch), campaigns_of, "identity_campaign, {context}");
                 // The model names a cycle's latest pointer record by its position before the
-                // epoch stamped it, so letters are compared by what they report.
-                let report = |d: DeadLetter| (d.topic, d.reason, d.detail);
+                // epoch stamped it, and when a table row and a merge event of one epoch close
+                // the cycle together it may name the other one: letters are compared by what
+                // they report (the cycle and where it maps), not by the record carrying them.
+                let report = |d: DeadLetter| (d.reason, d.detail);
                 let got: BTreeSet<_> = at(&out.dead_letters, epoch).into_iter().map(report).collect();
                 let want: BTreeSet<_> = letters.iter().cloned().map(report).collect();
                 assert_eq!(got, want, "dead_letters, {context}");
