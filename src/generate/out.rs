@@ -61,23 +61,10 @@ fn quoted_fmt(buf: &mut Vec<u8>, args: fmt::Arguments<'_>) {
 pub fn write_time(buf: &mut Vec<u8>, micros: i64) {
     let secs = micros.div_euclid(1_000_000);
     let frac = micros.rem_euclid(1_000_000);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let (y, m, d) = ttpflow_dataflows::time::civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
     let _ =
         write!(buf, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}+00:00", sod / 3600, sod % 3600 / 60, sod % 60);
-}
-
-/// Year, month, day of a count of days since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// An open JSON object; [`Obj::close`] writes its `}`.
