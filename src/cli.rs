@@ -13,6 +13,7 @@ use crate::config::JobConfig;
 use crate::navigator::{self, Scope};
 use crate::rules::{self, LoadOptions, LoadedPack, Problem};
 use crate::runtime::{self, RunOptions};
+use crate::stage_times::StageTimes;
 use crate::stream;
 
 #[derive(Debug, Parser)]
@@ -278,6 +279,10 @@ pub struct RunArgs {
     /// Print the effective configuration (secrets masked) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// After the summary, print the CPU time spent in each stage (all workers added up)
+    /// on standard error.
+    #[arg(long)]
+    pub stage_times: bool,
 }
 
 #[derive(Debug, Args)]
@@ -399,6 +404,7 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     let loaded = load_pack(&config)?;
     let inputs = if args.inputs.is_empty() { vec![PathBuf::from("examples/fleet.jsonl")] } else { args.inputs };
     let with_artifacts = args.artifacts_dir.is_some();
+    let stage_times = args.stage_times.then(StageTimes::default);
     let summary = runtime::run_files(RunOptions {
         inputs,
         out: args.out,
@@ -407,6 +413,7 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         pack: Arc::new(loaded.pack),
         artifacts_dir: args.artifacts_dir,
         postgres: config.postgres,
+        stage_times: stage_times.clone(),
     })?;
     let artifacts =
         if with_artifacts { format!(" artifacts_missing={}", summary.artifacts_missing) } else { String::new() };
@@ -431,6 +438,11 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         summary.elapsed.as_secs_f64(),
         summary.records_per_second()
     );
+    if let Some(times) = stage_times {
+        for (stage, time) in times.totals() {
+            eprintln!("stage_cpu_s={:.3} stage={stage}", time.as_secs_f64());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

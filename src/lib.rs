@@ -19,4 +19,5 @@ pub mod publish;
 pub mod reload;
 pub mod rules;
 pub mod runtime;
+pub mod stage_times;
 pub mod stream;

@@ -31,6 +31,7 @@ use ttpflow_dataflows::PackSchedule;
 
 use crate::files::{dead_letter_json, rollup_json, tag_json, FileError, JsonlWriter, LineSource};
 use crate::postgres::{PostgresError, Sink, SinkStats};
+use crate::stage_times::StageTimes;
 
 /// Options of an embedded run.
 #[derive(Clone)]
@@ -44,6 +45,8 @@ pub struct RunOptions {
     pub artifacts_dir: Option<PathBuf>,
     /// PostgreSQL connection string: commit tags and progress there too, per epoch.
     pub postgres: Option<String>,
+    /// Where to sum the time spent per stage, when wanted.
+    pub stage_times: Option<StageTimes>,
 }
 
 /// What a run did.
@@ -169,6 +172,9 @@ fn run_worker(
         }))),
         _ => None,
     };
+    if let Some(times) = &options.stage_times {
+        times.install(worker);
+    }
     let probe = ProbeHandle::new();
     let packs = PackSchedule::fixed(Arc::clone(&options.pack));
     let inputs = options.inputs.clone();

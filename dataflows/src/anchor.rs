@@ -5,33 +5,41 @@
 //! source_id), the collection of events still waiting for their IP, and dead letters
 //! (`no_anchor`) for events that have neither an anchor nor an IP to resolve one from.
 //!
-//! Arrangements: `decnet.attackers` as an upsert arrangement keyed by attacker uuid
-//! (ties within an epoch go to the later record); the IP index (IP → the attacker whose
-//! row most recently claimed it); the events awaiting an anchor, keyed by IP.
+//! State: the `decnet.attackers` rows (per key the row of the greatest position seen,
+//! tombstones included), the IP index (per IP the attackers whose current row claims it;
+//! the claim of the greatest position wins) and the events awaiting an anchor, keyed by
+//! IP. Epochs are processed whole and in order once both inputs' frontiers have passed
+//! them: first the epoch's attacker rows, in position order, then the events waiting for
+//! an IP that now resolves, then the epoch's events. So an event whose IP is not known
+//! yet waits and is anchored in the epoch its attacker row arrives, whatever the order of
+//! the input, and the result is that of a join of the events with the IP index as of
+//! their epoch. Anchoring is final: the anchored event is emitted once (insertions only,
+//! like the tags it yields, which are never updated); a later change of the attacker row
+//! does not move tags already made. `pending` holds exactly the events still waiting: an
+//! insertion when one starts to wait, its retraction in the epoch it is anchored.
 //!
-//! An event whose IP is not known yet waits and is anchored in the epoch its attacker
-//! row arrives, whatever the order of the input. Anchoring is final: the anchored event
-//! is emitted once (insertions only, like the tags it yields, which are never updated),
-//! and it is retired from the awaiting arrangement one epoch later through a feedback
-//! loop, so that state holds only the events still waiting. A later change of the
-//! attacker row does not move tags already made.
+//! Sharding: the attacker rows (one table, small beside the events) are broadcast, so
+//! every worker holds the whole IP index and anchors the events it already has; events
+//! are not exchanged.
 //!
 //! Canary triggers name the attacker's address `src_ip`; `attacker_ip` wins when both
 //! are present. The literal IP `Unknown` (DECNET's placeholder) counts as no IP.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
-use differential_dataflow::operators::iterate::VecVariable;
-use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine, ValBuilder, ValSpine};
 use differential_dataflow::AsCollection;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::vec::{Filter, Map};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::Capability;
 
 use crate::json::Json;
 use crate::record::{AttackerRow, DeadLetter, Event, Pos, Reason, Table, TableRow, TableUpdate};
 use crate::shapes;
-use crate::types::{ArrangedByKey, Coll, Diff, Scope, Time};
+use crate::types::{Coll, Diff, Scope, Time};
 
 /// The stage's outputs.
 pub struct Anchored<'s> {
@@ -77,8 +85,6 @@ fn need(event: &Event) -> Need {
 // The `Result`s below only route records to outputs; they are not errors.
 #[allow(clippy::result_large_err)]
 pub fn stage<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>) -> Anchored<'s> {
-    let by_ip = attackers_by_ip(tables);
-
     // One pass routes every event: ready as it is, waiting for its IP, or a dead letter.
     let (known, dead_letters) = events
         .inner
@@ -104,68 +110,146 @@ pub fn stage<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>) -> Anch
                 Err(waiting) => Err((waiting, t, r)),
             }
         });
-    let (ready, awaiting, dead_letters) =
-        (ready.as_collection(), awaiting.as_collection(), dead_letters.as_collection());
-
-    // Events anchored in an epoch leave the awaiting collection in the next one.
-    let (retire, retired) = VecVariable::new(awaiting.scope(), 1);
-    let awaiting = awaiting.concat(retired.clone().negate());
-    let matched = awaiting
-        .clone()
-        .arrange_by_key_named("events awaiting an anchor")
-        .join_core(by_ip, |ip, event, attacker| Some((ip.clone(), event.clone(), attacker.clone())));
-    // Only the first match of an event counts; its retraction (once retired) is not news.
-    // The join may split one time's output into pieces of both signs, so consolidate
-    // per time (an arrangement, which compacts away once the retraction arrives) first.
-    let first_matches = matched
-        .consolidate_named::<_, KeySpine<_, _, _>, _>("first anchors", KeyBatcher::new, |key, &()| key.clone())
+    let rows = tables
         .inner
-        .filter(|(_, _, diff)| *diff > 0)
-        .as_collection();
-    let anchored_pairs = first_matches.clone().map(|(ip, event, _)| (ip, event));
-    retire.set(anchored_pairs.clone());
-    // Still waiting: what awaits, less what was anchored and not retired yet.
-    let pending = awaiting.concat(anchored_pairs.negate()).concat(retired);
-    let resolved = first_matches.map(|(_, mut event, attacker)| {
-        Arc::make_mut(&mut event.payload).set("attacker_uuid", Json::Str(attacker));
-        event
-    });
-    Anchored { events: ready.concat(resolved), pending, dead_letters }
+        .flat_map(|(update, time, diff): (TableUpdate, Time, Diff)| {
+            let TableUpdate { pos, table, key, row } = update;
+            let row = match row {
+                Some(TableRow::Attacker(row)) => Some(row),
+                _ => None,
+            };
+            (table == Table::Attackers && diff > 0).then_some(((key, pos, row), time, diff))
+        })
+        .broadcast();
+    let (resolved, pending) = awaiting
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<Routed>>, _, _, _, _>(
+            rows,
+            Pipeline,
+            Pipeline,
+            "anchor by ip",
+            |_cap, _info| {
+                let mut index = IpIndex::default();
+                let mut waiting: HashMap<String, Vec<(Event, Diff)>> = HashMap::new();
+                let mut stash: BTreeMap<Time, AnchorEpoch> = BTreeMap::new();
+                move |(events, events_frontier), (rows, rows_frontier), output| {
+                    events.for_each(|cap, data| {
+                        for ((ip, event), time, diff) in data.drain(..) {
+                            let epoch = stash.entry(time).or_insert_with(|| AnchorEpoch::new(cap.delayed(&time, 0)));
+                            epoch.events.push((ip, event, diff));
+                        }
+                    });
+                    rows.for_each(|cap, data| {
+                        for (row, time, _) in data.drain(..) {
+                            let epoch = stash.entry(time).or_insert_with(|| AnchorEpoch::new(cap.delayed(&time, 0)));
+                            epoch.rows.push(row);
+                        }
+                    });
+                    while let Some(entry) = stash.first_entry() {
+                        let time = *entry.key();
+                        if events_frontier.frontier().less_equal(&time) || rows_frontier.frontier().less_equal(&time) {
+                            break;
+                        }
+                        let AnchorEpoch { cap, mut rows, events } = entry.remove();
+                        let mut session = output.session(&cap);
+                        rows.sort_by_key(|(_, pos, _)| *pos);
+                        for ip in index.apply(rows) {
+                            let Some(attacker) = index.winner(&ip) else { continue };
+                            for (event, diff) in waiting.remove(&ip).into_iter().flatten() {
+                                session.give((Err((ip.clone(), event.clone())), time, -diff));
+                                session.give((Ok(anchored(event, attacker)), time, diff));
+                            }
+                        }
+                        for (ip, event, diff) in events {
+                            match index.winner(&ip) {
+                                Some(attacker) => session.give((Ok(anchored(event, attacker)), time, diff)),
+                                None => {
+                                    session.give((Err((ip.clone(), event.clone())), time, diff));
+                                    waiting.entry(ip).or_default().push((event, diff));
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        )
+        .ok_err::<Vec<_>, _, Vec<_>, _, _>(|(routed, t, r): Routed| match routed {
+            Ok(e) => Ok((e, t, r)),
+            Err(waiting) => Err((waiting, t, r)),
+        });
+    Anchored {
+        events: ready.as_collection().concat(resolved.as_collection()),
+        pending: pending.as_collection(),
+        dead_letters: dead_letters.as_collection(),
+    }
+}
+
+/// `event` with the attacker its IP resolved to.
+fn anchored(mut event: Event, attacker: &str) -> Event {
+    Arc::make_mut(&mut event.payload).set("attacker_uuid", Json::Str(attacker.to_string()));
+    event
+}
+
+/// What the anchoring operator emits: an anchored event, or a change of the waiting ones.
+type Routed = (Result<Event, (String, Event)>, Time, Diff);
+
+/// An attacker row as the anchor reads it: table key, position, row (`None`: tombstone).
+type Row = (String, Pos, Option<AttackerRow>);
+
+/// The updates of one epoch not yet complete, with the capability to emit at its time.
+struct AnchorEpoch {
+    cap: Capability<Time>,
+    rows: Vec<Row>,
+    events: Vec<(String, Event, Diff)>,
+}
+
+impl AnchorEpoch {
+    fn new(cap: Capability<Time>) -> AnchorEpoch {
+        AnchorEpoch { cap, rows: Vec::new(), events: Vec::new() }
+    }
 }
 
 /// IP → attacker uuid, from the `decnet.attackers` upserts.
-fn attackers_by_ip<'s>(tables: Coll<'s, TableUpdate>) -> ArrangedByKey<'s, String, String> {
-    // Upserts keep, per key, the greatest value among those of one epoch; leading with
-    // the position makes that the latest record, and a tombstone stays a value (`None`
-    // row) so that a later delete beats an earlier insert of the same epoch. Records that
-    // an earlier epoch's greater position beats are dropped first (`latest`).
-    let upserts = tables.inner.flat_map(|(update, time, diff): (TableUpdate, Time, Diff)| {
-        let TableUpdate { pos, table, key, row } = update;
-        if table != Table::Attackers {
-            return None;
-        }
-        let row = match row {
-            Some(TableRow::Attacker(row)) => Some(row),
-            _ => None,
-        };
-        (diff > 0).then_some((key, Some((pos, row)), time))
-    });
-    let upserts = crate::latest::newer_only(upserts, "decnet.attackers");
-    let attackers =
-        arrange_from_upsert::<ValBuilder<_, _, _, _>, ValSpine<String, (Pos, Option<AttackerRow>), Time, Diff>, _, _>(
-            upserts,
-            "decnet.attackers",
-        );
-    attackers
-        .as_collection(|_, (pos, row)| row.as_ref().and_then(|r| r.ip.clone().map(|ip| (ip, (*pos, r.uuid.clone())))))
-        .flat_map(|x| x)
-        .reduce_named("ip index", |_ip, claims, out| {
-            // `claims` are sorted; the last is the most recent row claiming the IP.
-            if let Some(((_, uuid), _)) = claims.last() {
-                out.push((uuid.clone(), 1));
+#[derive(Default)]
+struct IpIndex {
+    /// Per table key, the position and IP claim (`None`: no IP or a tombstone) of the
+    /// greatest position seen.
+    rows: HashMap<String, (Pos, Option<(String, String)>)>,
+    /// Per IP, the claims of the current rows: (position, attacker uuid).
+    claims: HashMap<String, BTreeSet<(Pos, String)>>,
+}
+
+impl IpIndex {
+    /// Applies rows in position order; returns the IPs that gained a claim.
+    fn apply(&mut self, rows: Vec<Row>) -> BTreeSet<String> {
+        let mut claimed = BTreeSet::new();
+        for (key, pos, row) in rows {
+            // The latest record wins: one older than what the key holds is dropped.
+            if self.rows.get(&key).is_some_and(|(seen, _)| *seen >= pos) {
+                continue;
             }
-        })
-        .arrange_by_key_named("attackers by ip")
+            let claim = row.and_then(|r| r.ip.map(|ip| (ip, r.uuid)));
+            if let Some((_, Some((ip, uuid)))) = self.rows.get(&key) {
+                if let Some(set) = self.claims.get_mut(ip) {
+                    let old = self.rows[&key].0;
+                    set.remove(&(old, uuid.clone()));
+                    if set.is_empty() {
+                        self.claims.remove(ip);
+                    }
+                }
+            }
+            if let Some((ip, uuid)) = &claim {
+                self.claims.entry(ip.clone()).or_default().insert((pos, uuid.clone()));
+                claimed.insert(ip.clone());
+            }
+            self.rows.insert(key, (pos, claim));
+        }
+        claimed
+    }
+
+    /// The attacker an IP resolves to: the most recent row claiming it.
+    fn winner(&self, ip: &str) -> Option<&str> {
+        self.claims.get(ip).and_then(|set| set.last()).map(|(_, uuid)| uuid.as_str())
+    }
 }
 
 #[cfg(test)]

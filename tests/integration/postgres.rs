@@ -179,6 +179,7 @@ fn run_pg(rules_dir: &Path, inputs: &[PathBuf], epoch_records: u64, url: &str) -
         pack: std::sync::Arc::new(loaded.pack),
         artifacts_dir: None,
         postgres: Some(url.to_string()),
+        stage_times: None,
     })
     .expect("run succeeds");
     let tags = read_jsonl(&dir.path().join("tags.jsonl")).1;
@@ -489,6 +490,7 @@ fn a_second_run_commits_nothing_and_changes_no_row() {
         pack: std::sync::Arc::new(loaded.pack),
         artifacts_dir: None,
         postgres: Some(url.clone()),
+        stage_times: None,
     });
     let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
     let names_it = message.contains(&format!(": {at},")) || message.contains(&format!(": {at})"));
