@@ -61,7 +61,7 @@ impl Default for JobConfig {
             intel_dir: None,
             attack_release: ttpflow_dataflows::rules::DEFAULT_ATTACK_RELEASE.to_string(),
             postgres: None,
-            epoch_records: 1024,
+            epoch_records: 16384,
             epoch_interval_ms: 200,
             reload_interval_s: 2,
             metrics_addr: None,
