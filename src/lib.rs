@@ -17,6 +17,7 @@ pub mod navigator;
 pub mod postgres;
 pub mod publish;
 pub mod reload;
+pub mod rollup_table;
 pub mod rules;
 pub mod runtime;
 pub mod stage_times;

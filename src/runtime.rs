@@ -31,6 +31,7 @@ use ttpflow_dataflows::PackSchedule;
 
 use crate::files::{dead_letter_json, rollup_json, tag_json, FileError, JsonlWriter, LineSource};
 use crate::postgres::{PostgresError, Sink, SinkStats};
+use crate::rollup_table::RollupTable;
 use crate::stage_times::StageTimes;
 
 /// Options of an embedded run.
@@ -264,10 +265,12 @@ fn run_worker(
     })
 }
 
-/// Collects a collection's updates on worker 0 and hands over each complete epoch.
+/// Collects a collection's updates on worker 0 and hands over each complete epoch, sorted
+/// when `order` is [`Order::Sorted`].
 fn on_worker_zero<D: timely::ExchangeData + Ord>(
     updates: Coll<'_, D>,
     name: &str,
+    order: Order,
     mut epoch_done: impl FnMut(Time, Vec<(D, Diff)>) + 'static,
     mut input_done: impl FnMut() + 'static,
 ) {
@@ -285,7 +288,9 @@ fn on_worker_zero<D: timely::ExchangeData + Ord>(
             }
             let time = *entry.key();
             let mut batch = entry.remove();
-            batch.sort();
+            if order == Order::Sorted {
+                batch.sort();
+            }
             epoch_done(time, batch);
         }
         if frontier.frontier().is_empty() && !finished {
@@ -293,6 +298,14 @@ fn on_worker_zero<D: timely::ExchangeData + Ord>(
             input_done();
         }
     });
+}
+
+/// Whether a sink needs an epoch's updates in order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Sorted,
+    /// The sink orders what it writes itself.
+    Any,
 }
 
 /// What the PostgreSQL sink commits per epoch.
@@ -353,6 +366,7 @@ fn write_tags(tags: Coll<'_, Tag>, writers: Option<Rc<RefCell<Writers>>>) {
     on_worker_zero(
         tags,
         "write tags.jsonl",
+        Order::Sorted,
         move |_, batch| {
             if let Some(w) = &writers {
                 w.borrow_mut()
@@ -367,6 +381,7 @@ fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Wri
     on_worker_zero(
         dead,
         "write dead_letters.jsonl",
+        Order::Sorted,
         move |_, batch| {
             if let Some(w) = &writers {
                 w.borrow_mut().write(|w| {
@@ -383,30 +398,22 @@ fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Wri
 
 /// Accumulates the rollup changes; the rows that remain when the input ends are written.
 fn write_rollups(rollups: Coll<'_, RollupRow>, writers: Option<Rc<RefCell<Writers>>>) {
-    let state: Rc<RefCell<BTreeMap<RollupRow, Diff>>> = Rc::default();
+    let state: Rc<RefCell<RollupTable>> = Rc::default();
     let accumulate = Rc::clone(&state);
     on_worker_zero(
         rollups,
         "collect rollups",
+        Order::Any,
         move |_, batch| {
             let mut state = accumulate.borrow_mut();
-            for (row, diff) in batch {
-                let entry = state.entry(row.clone()).or_insert(0);
-                *entry += diff;
-                if *entry == 0 {
-                    state.remove(&row);
-                }
+            for (row, diff) in &batch {
+                state.update(row, *diff);
             }
         },
         move || {
             let Some(w) = &writers else { return };
             let state = state.borrow();
-            w.borrow_mut().write(|w| {
-                state
-                    .iter()
-                    .filter(|(_, n)| **n > 0)
-                    .try_for_each(|(row, _)| w.rollups.write_with(|line| rollup_json(row, line)))
-            });
+            w.borrow_mut().write(|w| state.for_each_row(|row| w.rollups.write_with(|line| rollup_json(row, line))));
         },
     );
 }
@@ -421,6 +428,7 @@ fn write_unanchored(pending: Coll<'_, (String, Event)>, writers: Option<Rc<RefCe
     on_worker_zero(
         pending,
         "collect unanchored",
+        Order::Any,
         move |_, batch| {
             let mut state = accumulate.borrow_mut();
             for ((ip, event), diff) in batch {

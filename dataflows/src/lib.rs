@@ -32,6 +32,7 @@ pub mod anchor;
 pub mod decode;
 pub mod email;
 pub mod fanout;
+pub mod fasthash;
 pub mod identity;
 pub mod intel;
 pub mod json;

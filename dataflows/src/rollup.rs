@@ -61,6 +61,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::Capability;
 
+use crate::fasthash::IdMap;
 use crate::identity::References;
 use crate::intel::Bump;
 use crate::record::{Confidence, Tag};
@@ -380,12 +381,12 @@ enum AnchorId {
 /// The identity stage's maps are functions of their keys; should a key ever hold two
 /// values, the greatest counts.
 struct RefMap<V> {
-    values: HashMap<Id, Vec<(V, Diff)>>,
+    values: IdMap<Id, Vec<(V, Diff)>>,
 }
 
 impl<V> Default for RefMap<V> {
     fn default() -> Self {
-        RefMap { values: HashMap::new() }
+        RefMap { values: IdMap::default() }
     }
 }
 
@@ -465,9 +466,10 @@ impl Totals {
 
 /// One rollup key's state.
 struct KeyState {
-    members: BTreeSet<AnchorId>,
-    /// Canonical identities of the members, with the number of members of each.
-    identities: BTreeMap<Id, u32>,
+    /// Sorted; small vectors, as most keys (sessions, attackers) have one member.
+    members: Vec<AnchorId>,
+    /// Canonical identities of the members, with the number of members of each; sorted.
+    identities: Vec<(Id, u32)>,
     totals: Totals,
     /// The extremes must be recomputed from the members.
     stale: bool,
@@ -477,27 +479,25 @@ struct KeyState {
 
 impl KeyState {
     fn new() -> KeyState {
-        KeyState {
-            members: BTreeSet::new(),
-            identities: BTreeMap::new(),
-            totals: Totals::ZERO,
-            stale: false,
-            emitted: None,
-        }
+        KeyState { members: Vec::new(), identities: Vec::new(), totals: Totals::ZERO, stale: false, emitted: None }
     }
 
     fn add(&mut self, member: AnchorId, summary: &Summary, identity: Option<Id>) {
-        self.members.insert(member);
+        if let Err(at) = self.members.binary_search(&member) {
+            self.members.insert(at, member);
+        }
         self.totals.tags += summary.tags;
         self.totals.attackers += i64::from(matches!(member, AnchorId::Attacker(_)));
         if let Some(identity) = identity {
-            *self.identities.entry(identity).or_default() += 1;
+            self.count_identity(identity);
         }
         self.totals.extend(summary);
     }
 
     fn remove(&mut self, member: AnchorId, summary: &Summary, identity: Option<Id>) {
-        self.members.remove(&member);
+        if let Ok(at) = self.members.binary_search(&member) {
+            self.members.remove(at);
+        }
         self.totals.tags -= summary.tags;
         self.totals.attackers -= i64::from(matches!(member, AnchorId::Attacker(_)));
         if let Some(identity) = identity {
@@ -513,7 +513,7 @@ impl KeyState {
                 self.forget_identity(identity);
             }
             if let Some(identity) = new.1 {
-                *self.identities.entry(identity).or_default() += 1;
+                self.count_identity(identity);
             }
         }
         if new.0.confidence < old.0.confidence && old.0.confidence == self.totals.confidence {
@@ -522,11 +522,18 @@ impl KeyState {
         self.totals.extend(new.0);
     }
 
+    fn count_identity(&mut self, identity: Id) {
+        match self.identities.binary_search_by_key(&identity, |(id, _)| *id) {
+            Ok(at) => self.identities[at].1 += 1,
+            Err(at) => self.identities.insert(at, (identity, 1)),
+        }
+    }
+
     fn forget_identity(&mut self, identity: Id) {
-        if let Some(n) = self.identities.get_mut(&identity) {
-            *n -= 1;
-            if *n == 0 {
-                self.identities.remove(&identity);
+        if let Ok(at) = self.identities.binary_search_by_key(&identity, |(id, _)| *id) {
+            self.identities[at].1 -= 1;
+            if self.identities[at].1 == 0 {
+                self.identities.remove(at);
             }
         }
     }
@@ -541,16 +548,16 @@ struct Rollups {
     identity_canonical: RefMap<Id>,
     identity_campaign: RefMap<Id>,
     bumps: RefMap<i64>,
-    anchors: HashMap<AnchorId, AnchorState>,
+    anchors: IdMap<AnchorId, AnchorState>,
     /// The anchors placed at each canonical identity, for campaign changes.
-    placed_at: HashMap<Id, BTreeSet<AnchorId>>,
-    keys: HashMap<Key, KeyState>,
+    placed_at: IdMap<Id, BTreeSet<AnchorId>>,
+    keys: IdMap<Key, KeyState>,
 }
 
 impl Rollups {
     /// One complete epoch: its reference changes, then its tags; the changed rows.
     fn epoch(&mut self, references: Vec<(Reference, Diff)>, tags: Vec<(Counted, Diff)>) -> Vec<(RollupRow, Diff)> {
-        let mut dirty = BTreeSet::new();
+        let mut dirty = Vec::new();
         let mut moved = BTreeSet::new();
         for (reference, diff) in references {
             self.reference(reference, diff, &mut moved);
@@ -562,6 +569,8 @@ impl Rollups {
             self.count(&counted, diff as i64, &mut dirty);
         }
         let mut changes = Vec::new();
+        dirty.sort_unstable();
+        dirty.dedup();
         for key in dirty {
             self.emit(key, &mut changes);
         }
@@ -609,7 +618,7 @@ impl Rollups {
     }
 
     /// Moves an anchor's sources to the keys of its current placement.
-    fn place(&mut self, anchor: AnchorId, dirty: &mut BTreeSet<Key>) {
+    fn place(&mut self, anchor: AnchorId, dirty: &mut Vec<Key>) {
         let new = self.placement(anchor);
         let Some(state) = self.anchors.get_mut(&anchor) else { return };
         let old = std::mem::replace(&mut state.placement, new);
@@ -641,17 +650,17 @@ impl Rollups {
                 } else {
                     key_state.remove(anchor, &before, old.identity);
                 }
-                dirty.insert(*key);
+                dirty.push(*key);
             }
             for key in new_keys.iter().filter(|key| !old_keys.contains(key)) {
                 self.keys.entry(*key).or_insert_with(KeyState::new).add(anchor, &after, new.identity);
-                dirty.insert(*key);
+                dirty.push(*key);
             }
         }
     }
 
     /// Folds one stored tag (`count` insertions of it) into its sources and keys.
-    fn count(&mut self, counted: &Counted, count: i64, dirty: &mut BTreeSet<Key>) {
+    fn count(&mut self, counted: &Counted, count: i64, dirty: &mut Vec<Key>) {
         let anchor = match &counted.anchor {
             Anchor::Attacker(attacker) => AnchorId::Attacker(self.names.id(attacker)),
             Anchor::Identity(identity) => AnchorId::Identity(self.names.id(identity)),
@@ -690,7 +699,7 @@ impl Rollups {
                     key_state.totals.tags += summary.tags;
                     key_state.totals.extend(&summary);
                 }
-                dirty.insert(key);
+                dirty.push(key);
             }
         }
     }
