@@ -156,19 +156,20 @@ struct Counted {
 }
 
 impl Counted {
-    fn of(tag: &Tag) -> Counted {
-        let anchor = match (&tag.attacker_uuid, &tag.identity_uuid) {
-            (Some(attacker), _) => Anchor::Attacker(attacker.clone()),
-            (None, Some(identity)) => Anchor::Identity(identity.clone()),
+    /// What the rollups need of `tag`, its strings moved out.
+    fn of(tag: Tag) -> Counted {
+        let anchor = match (tag.attacker_uuid, tag.identity_uuid) {
+            (Some(attacker), _) => Anchor::Attacker(attacker),
+            (None, Some(identity)) => Anchor::Identity(identity),
             (None, None) => Anchor::Unanchored,
         };
         Counted {
             anchor,
-            session: tag.session_id.clone(),
+            session: tag.session_id,
             technique: Technique {
-                technique_id: tag.technique_id.clone(),
-                sub_technique_id: tag.sub_technique_id.clone().unwrap_or_default(),
-                tactic: tag.tactic.clone(),
+                technique_id: tag.technique_id,
+                sub_technique_id: tag.sub_technique_id.unwrap_or_default(),
+                tactic: tag.tactic,
             },
             observed_at: tag.observed_at,
             confidence: tag.confidence,
@@ -280,7 +281,7 @@ pub fn rollup<'s>(
 ) -> Coll<'s, RollupRow> {
     // The store emits insertions only; a tag is counted once per insertion.
     let counted =
-        tags.inner.flat_map(|(tag, time, diff): (Tag, Time, Diff)| (diff > 0).then(|| (Counted::of(&tag), time, diff)));
+        tags.inner.flat_map(|(tag, time, diff): (Tag, Time, Diff)| (diff > 0).then(|| (Counted::of(tag), time, diff)));
     let references = attacker_identity
         .inner
         .map(|((a, i), t, r)| (Reference::AttackerIdentity(a, i), t, r))
