@@ -103,13 +103,7 @@ pub fn stage<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>) -> Anch
                 r,
             )),
         });
-    let (ready, awaiting) =
-        known.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(routed, t, r): (Result<Event, (String, Event)>, Time, Diff)| {
-            match routed {
-                Ok(e) => Ok((e, t, r)),
-                Err(waiting) => Err((waiting, t, r)),
-            }
-        });
+    let (ready, awaiting) = known.ok_err::<Vec<_>, _, Vec<_>, _, _>(split);
     let rows = tables
         .inner
         .flat_map(|(update, time, diff): (TableUpdate, Time, Diff)| {
@@ -172,14 +166,20 @@ pub fn stage<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>) -> Anch
                 }
             },
         )
-        .ok_err::<Vec<_>, _, Vec<_>, _, _>(|(routed, t, r): Routed| match routed {
-            Ok(e) => Ok((e, t, r)),
-            Err(waiting) => Err((waiting, t, r)),
-        });
+        .ok_err::<Vec<_>, _, Vec<_>, _, _>(split);
     Anchored {
         events: ready.as_collection().concat(resolved.as_collection()),
         pending: pending.as_collection(),
         dead_letters: dead_letters.as_collection(),
+    }
+}
+
+/// Anchored events to one side, events waiting for their IP (and changes of them) to the other.
+#[allow(clippy::result_large_err)]
+fn split((routed, t, r): Routed) -> Result<(Event, Time, Diff), (Waiting, Time, Diff)> {
+    match routed {
+        Ok(e) => Ok((e, t, r)),
+        Err(waiting) => Err((waiting, t, r)),
     }
 }
 
@@ -189,8 +189,11 @@ fn anchored(mut event: Event, attacker: &str) -> Event {
     event
 }
 
+/// An event waiting for its IP, keyed by the IP.
+type Waiting = (String, Event);
+
 /// What the anchoring operator emits: an anchored event, or a change of the waiting ones.
-type Routed = (Result<Event, (String, Event)>, Time, Diff);
+type Routed = (Result<Event, Waiting>, Time, Diff);
 
 /// An attacker row as the anchor reads it: table key, position, row (`None`: tombstone).
 type Row = (String, Pos, Option<AttackerRow>);
@@ -228,20 +231,20 @@ impl IpIndex {
                 continue;
             }
             let claim = row.and_then(|r| r.ip.map(|ip| (ip, r.uuid)));
-            if let Some((_, Some((ip, uuid)))) = self.rows.get(&key) {
-                if let Some(set) = self.claims.get_mut(ip) {
-                    let old = self.rows[&key].0;
-                    set.remove(&(old, uuid.clone()));
-                    if set.is_empty() {
-                        self.claims.remove(ip);
-                    }
-                }
-            }
             if let Some((ip, uuid)) = &claim {
                 self.claims.entry(ip.clone()).or_default().insert((pos, uuid.clone()));
                 claimed.insert(ip.clone());
             }
-            self.rows.insert(key, (pos, claim));
+            // The key's previous row gives up its claim.
+            if let Some((old, Some((ip, uuid)))) = self.rows.insert(key, (pos, claim)) {
+                let emptied = self.claims.get_mut(&ip).is_some_and(|set| {
+                    set.remove(&(old, uuid));
+                    set.is_empty()
+                });
+                if emptied {
+                    self.claims.remove(&ip);
+                }
+            }
         }
         claimed
     }
