@@ -198,7 +198,9 @@ fn bench_rollup(c: &mut Criterion) {
                         let (i_in, i) = scope.new_collection::<(String, String), Diff>();
                         let (c_in, c) = scope.new_collection::<(String, String), Diff>();
                         let (_bumps_in, bumps) = scope.new_collection();
-                        rollup::rollup(tags, a, i, c, bumps).inspect(move |_| *count.lock().unwrap() += 1);
+                        rollup::rollup(tags, a, i, c, bumps, rollup::SESSION_HORIZON_US)
+                            .rows
+                            .inspect(move |_| *count.lock().unwrap() += 1);
                         (tags_in, a_in, i_in, c_in, _bumps_in)
                     });
                     attacker_identity.into_iter().for_each(|x| inputs.1.insert(x));

@@ -101,11 +101,17 @@ pub fn build<'s>(records: Coll<'s, Line>, packs: PackSchedule) -> Outputs<'s> {
     });
     let rollups = scope.region_named("rollup", |r| {
         let refs = references.enter_region(r);
-        rollup::stage(stored.clone().enter_region(r), &refs, intel.bumps.clone().enter_region(r)).leave_region(scope)
+        let rolled = rollup::stage(stored.clone().enter_region(r), &refs, intel.bumps.clone().enter_region(r));
+        (rolled.rows.leave_region(scope), rolled.dead_letters.leave_region(scope))
     });
+    let (rollups, closed_sessions) = rollups;
     Outputs {
         tags: stored,
-        dead_letters: decoded.dead_letters.concat(anchored.dead_letters).concat(references.dead_letters.clone()),
+        dead_letters: decoded
+            .dead_letters
+            .concat(anchored.dead_letters)
+            .concat(references.dead_letters.clone())
+            .concat(closed_sessions),
         pending: anchored.pending,
         rollups,
         references,

@@ -123,6 +123,10 @@ pub enum Reason {
     Unanchored,
     /// `merged_into` pointers of identities or campaigns that form a cycle.
     MergeCycle,
+    /// A stored tag came for a session whose rollup row of its technique had closed (or
+    /// may have: the tag is behind the rollups' clock by more than the horizon): counted in
+    /// its other scopes only.
+    SessionClosed,
 }
 
 impl Reason {
@@ -138,6 +142,7 @@ impl Reason {
             Reason::NoAnchor => "no_anchor",
             Reason::Unanchored => "unanchored",
             Reason::MergeCycle => "merge_cycle",
+            Reason::SessionClosed => "session_closed",
         }
     }
 }

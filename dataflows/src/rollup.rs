@@ -47,28 +47,60 @@
 //! retraction and its new row. Ids are interned per worker; outputs are built from the
 //! names, and changed keys are visited in key order, so the output is deterministic.
 //!
+//! Closing sessions. Attackers, identities, campaigns and the fleet are bounded by the
+//! tables; sessions are not, so a session's keys close once event time has moved on: the
+//! clock is, over every input (a file or a Kafka partition) that has carried session tags,
+//! the least of its latest session tag's event time (broadcast with the references, so all
+//! workers agree), and a session key closes once its latest tag (or, for tags without event
+//! time, the clock when they came) is [`SESSION_HORIZON_US`] behind it, checked in buckets
+//! of an hour after each epoch. A closed key's row stays as last emitted (nothing is
+//! retracted) and its state goes: the key, its members' session sources, the session's
+//! name once none of its keys is open. Taking the least over inputs keeps one partition
+//! that runs ahead (a replay reads partitions at different speeds) from closing what
+//! another is still feeding; so a tag is late only when it is behind its own input's
+//! order by more than the horizon. An input that stops carrying sessions holds the clock
+//! where it stopped (closing waits, nothing is lost).
+//!
+//! A tag for a session key that is not open goes to the dead letters (reason
+//! `session_closed`) when the key closed lately (within about two horizons: the closed keys
+//! are remembered as hashes, in two generations) or when the tag is behind the clock by
+//! more than the horizon; it still counts in its other scopes. A session that resumes after
+//! more than that starts a new row for its key: PostgreSQL's row for the key is replaced by
+//! the new numbers, the file output holds both.
+//!
 //! State per worker: the interned names, the reference maps, per anchor its placement and
 //! source aggregates, per rollup key its members, identity multiset, running and last
-//! emitted numbers. No dead letters: every tag has a fleet row.
+//! emitted numbers; the open session keys by due hour, the closed ones' hashes. Dead
+//! letters: only tags of closed sessions; every tag has a fleet row.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::rc::Rc;
 
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::core::Concat;
+use timely::dataflow::operators::core::{Concat, OkErr};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::Capability;
 
-use crate::fasthash::IdMap;
+use crate::fasthash::{IdHasher, IdMap};
 use crate::identity::References;
 use crate::intel::Bump;
-use crate::record::{Confidence, Tag};
+use crate::record::{Confidence, DeadLetter, Pos, Reason, Tag};
 use crate::types::{Coll, Diff, Time};
 
 /// The `source_kind` of intel-derived tags, which the R0058 bump raises.
 const INTEL_SOURCE: &str = "intel";
+
+/// How long a session's rollup rows stay open without a new tag, in event time behind the
+/// clock (see the module documentation): a day.
+pub const SESSION_HORIZON_US: i64 = 24 * HOUR_US;
+const HOUR_US: i64 = 3_600_000_000;
+/// Closing sessions is checked in buckets of this much event time.
+const CLOSE_BUCKET_US: i64 = HOUR_US;
 
 /// Which scope a rollup row sums up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -147,6 +179,7 @@ enum Anchor {
 /// What the rollups need of a stored tag, sent to the worker of its technique.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct Counted {
+    pos: Pos,
     anchor: Anchor,
     session: Option<String>,
     technique: Technique,
@@ -164,6 +197,7 @@ impl Counted {
             (None, None) => Anchor::Unanchored,
         };
         Counted {
+            pos: tag.pos,
             anchor,
             session: tag.session_id,
             technique: Technique {
@@ -189,6 +223,10 @@ enum Reference {
     IdentityCampaign(String, String),
     /// Attacker → bump amount in millionths.
     Bump(String, i64),
+    /// The greatest event time of a batch's stored tags of sessions that came from one
+    /// input (a file or a Kafka partition, on any worker): what moves the clock that
+    /// closes sessions.
+    Clock(u32, i64),
 }
 
 /// The accumulated tags of one source (an anchor's tags of one technique, of all
@@ -263,67 +301,120 @@ struct Summary {
     confidence: Confidence,
 }
 
+/// An update bound for one of an operator's two outputs.
+type Split<A, B = Reference> = Result<(A, Time, Diff), (B, Time, Diff)>;
+
+/// The stage's outputs: the rollup rows, and a dead letter per tag that came for a session
+/// already closed.
+pub struct Rolled<'s> {
+    pub rows: Coll<'s, RollupRow>,
+    pub dead_letters: Coll<'s, DeadLetter>,
+}
+
 /// The stage, over the identity stage's outputs.
-pub fn stage<'s>(tags: Coll<'s, Tag>, refs: &References<'s>, bumps: Coll<'s, (String, Bump)>) -> Coll<'s, RollupRow> {
-    rollup(tags, refs.attacker_identity.clone(), refs.identity_canonical.clone(), refs.identity_campaign.clone(), bumps)
+pub fn stage<'s>(tags: Coll<'s, Tag>, refs: &References<'s>, bumps: Coll<'s, (String, Bump)>) -> Rolled<'s> {
+    let (a, i, c) = (refs.attacker_identity.clone(), refs.identity_canonical.clone(), refs.identity_campaign.clone());
+    rollup(tags, a, i, c, bumps, SESSION_HORIZON_US)
 }
 
 /// The stage over plain collections: `attacker_identity` (attacker, canonical identity),
 /// `identity_canonical` (identity, canonical identity), `identity_campaign` (canonical
 /// identity, canonical campaign) and `bumps` (attacker, bump); each of the first three a
-/// function of its key.
+/// function of its key. Sessions close `horizon` microseconds of event time after their
+/// latest tag.
 pub fn rollup<'s>(
     tags: Coll<'s, Tag>,
     attacker_identity: Coll<'s, (String, String)>,
     identity_canonical: Coll<'s, (String, String)>,
     identity_campaign: Coll<'s, (String, String)>,
     bumps: Coll<'s, (String, Bump)>,
-) -> Coll<'s, RollupRow> {
-    // The store emits insertions only; a tag is counted once per insertion.
-    let counted =
-        tags.inner.flat_map(|(tag, time, diff): (Tag, Time, Diff)| (diff > 0).then(|| (Counted::of(tag), time, diff)));
+    horizon: i64,
+) -> Rolled<'s> {
+    // The store emits insertions only; a tag is counted once per insertion. Each batch
+    // also yields its greatest event time, for the clock of every worker.
+    let (counted, clocks) = tags
+        .inner
+        .unary::<CapacityContainerBuilder<Vec<Split<Counted>>>, _, _, _>(Pipeline, "counted tags and clock", |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    let mut session = output.session(&cap);
+                    // The greatest event time of session tags per time and input of the
+                    // batch (almost always one or a few).
+                    let mut clocks: Vec<(Time, u32, i64)> = Vec::new();
+                    for (tag, time, diff) in data.drain(..) {
+                        if diff <= 0 {
+                            continue;
+                        }
+                        if let (Some(at), Some(_)) = (tag.observed_at, &tag.session_id) {
+                            let input = tag.pos.input;
+                            match clocks.iter_mut().find(|(t, i, _)| *t == time && *i == input) {
+                                Some((_, _, clock)) => *clock = (*clock).max(at),
+                                None => clocks.push((time, input, at)),
+                            }
+                        }
+                        session.give(Ok((Counted::of(tag), time, diff)));
+                    }
+                    for (time, input, clock) in clocks {
+                        session.give(Err((Reference::Clock(input, clock), time, 1)));
+                    }
+                });
+            }
+        })
+        .ok_err(|result: Split<Counted>| result);
     let references = attacker_identity
         .inner
         .map(|((a, i), t, r)| (Reference::AttackerIdentity(a, i), t, r))
         .concat(identity_canonical.inner.map(|((i, c), t, r)| (Reference::IdentityCanonical(i, c), t, r)))
         .concat(identity_campaign.inner.map(|((i, c), t, r)| (Reference::IdentityCampaign(i, c), t, r)))
         .concat(bumps.inner.map(|((a, bump), t, r)| (Reference::Bump(a, bump.amount_micros), t, r)))
+        .concat(clocks)
         .broadcast();
     let by_technique = Exchange::new(|(counted, _, _): &(Counted, Time, Diff)| counted.technique.shard());
-    counted
-        .binary_frontier(references, by_technique, Pipeline, "rollup", |_cap, _info| {
-            let mut rollups = Rollups::default();
-            let mut stash: BTreeMap<Time, Epoch> = BTreeMap::new();
-            move |(tags, tags_frontier), (refs, refs_frontier), output| {
-                tags.for_each(|cap, data| {
-                    for (counted, time, diff) in data.drain(..) {
-                        stash
-                            .entry(time)
-                            .or_insert_with(|| Epoch::new(cap.delayed(&time, 0)))
-                            .tags
-                            .push((counted, diff));
-                    }
-                });
-                refs.for_each(|cap, data| {
-                    for (reference, time, diff) in data.drain(..) {
-                        let epoch = stash.entry(time).or_insert_with(|| Epoch::new(cap.delayed(&time, 0)));
-                        epoch.references.push((reference, diff));
-                    }
-                });
-                while let Some(entry) = stash.first_entry() {
-                    let time = *entry.key();
-                    if tags_frontier.frontier().less_equal(&time) || refs_frontier.frontier().less_equal(&time) {
-                        break;
-                    }
-                    let Epoch { cap, tags, references } = entry.remove();
-                    let mut session = output.session(&cap);
-                    for (row, diff) in rollups.epoch(references, tags) {
-                        session.give((row, time, diff));
+    let (rows, dead_letters) = counted
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<Split<RollupRow, DeadLetter>>>, _, _, _, _>(
+            references,
+            by_technique,
+            Pipeline,
+            "rollup",
+            move |_, _| {
+                let mut rollups = Rollups::new(horizon);
+                let mut stash: BTreeMap<Time, Epoch> = BTreeMap::new();
+                move |(tags, tags_frontier), (refs, refs_frontier), output| {
+                    tags.for_each(|cap, data| {
+                        for (counted, time, diff) in data.drain(..) {
+                            stash
+                                .entry(time)
+                                .or_insert_with(|| Epoch::new(cap.delayed(&time, 0)))
+                                .tags
+                                .push((counted, diff));
+                        }
+                    });
+                    refs.for_each(|cap, data| {
+                        for (reference, time, diff) in data.drain(..) {
+                            let epoch = stash.entry(time).or_insert_with(|| Epoch::new(cap.delayed(&time, 0)));
+                            epoch.references.push((reference, diff));
+                        }
+                    });
+                    while let Some(entry) = stash.first_entry() {
+                        let time = *entry.key();
+                        if tags_frontier.frontier().less_equal(&time) || refs_frontier.frontier().less_equal(&time) {
+                            break;
+                        }
+                        let Epoch { cap, tags, references } = entry.remove();
+                        let mut session = output.session(&cap);
+                        let (changes, letters) = rollups.epoch(references, tags);
+                        for (row, diff) in changes {
+                            session.give(Ok((row, time, diff)));
+                        }
+                        for letter in letters {
+                            session.give(Err((letter, time, 1)));
+                        }
                     }
                 }
-            }
-        })
-        .as_collection()
+            },
+        )
+        .ok_err(|result: Split<RollupRow, DeadLetter>| result);
+    Rolled { rows: rows.as_collection(), dead_letters: dead_letters.as_collection() }
 }
 
 /// The updates of one epoch not yet complete, with the capability to emit at its time.
@@ -368,6 +459,71 @@ impl<N: Clone + Eq + std::hash::Hash> Names<N> {
     fn name(&self, id: Id) -> &N {
         &self.names[id as usize]
     }
+}
+
+/// Session ids interned as ids, each held by the session's open keys: when the last of them
+/// closes, the name is forgotten and its id used again.
+#[derive(Default)]
+struct Sessions {
+    ids: HashMap<Rc<str>, Id>,
+    /// Per id its name and number of open keys; `None` for a free id.
+    names: Vec<Option<(Rc<str>, u32)>>,
+    free: Vec<Id>,
+}
+
+impl Sessions {
+    fn get(&self, name: &str) -> Option<Id> {
+        self.ids.get(name).copied()
+    }
+
+    fn id(&mut self, name: &str) -> Id {
+        if let Some(id) = self.get(name) {
+            return id;
+        }
+        let name: Rc<str> = Rc::from(name);
+        let slot = Some((Rc::clone(&name), 0));
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = slot;
+                id
+            }
+            None => {
+                self.names.push(slot);
+                (self.names.len() - 1) as Id
+            }
+        };
+        self.ids.insert(name, id);
+        id
+    }
+
+    fn name(&self, id: Id) -> &str {
+        &self.names[id as usize].as_ref().expect("an interned session").0
+    }
+
+    /// One more open key of session `id`.
+    fn hold(&mut self, id: Id) {
+        if let Some((_, keys)) = &mut self.names[id as usize] {
+            *keys += 1;
+        }
+    }
+
+    /// One key of session `id` closed.
+    fn release(&mut self, id: Id) {
+        let slot = &mut self.names[id as usize];
+        if let Some((_, keys)) = slot {
+            *keys -= 1;
+            if *keys == 0 {
+                let (name, _) = slot.take().expect("checked above");
+                self.ids.remove(&name);
+                self.free.push(id);
+            }
+        }
+    }
+}
+
+/// The bucket of [`Rollups::due`] a session key with latest activity `active` waits in.
+fn due_bucket(active: i64) -> i64 {
+    active.div_euclid(CLOSE_BUCKET_US)
 }
 
 /// An anchor by id.
@@ -476,11 +632,21 @@ struct KeyState {
     stale: bool,
     /// The numbers last emitted (with the identity count), if any.
     emitted: Option<(Totals, i64)>,
+    /// Session keys: the greatest event time of the key's tags (the clock's time at arrival
+    /// for a tag without one), which decides when the key closes.
+    active: i64,
 }
 
 impl KeyState {
     fn new() -> KeyState {
-        KeyState { members: Vec::new(), identities: Vec::new(), totals: Totals::ZERO, stale: false, emitted: None }
+        KeyState {
+            members: Vec::new(),
+            identities: Vec::new(),
+            totals: Totals::ZERO,
+            stale: false,
+            emitted: None,
+            active: i64::MIN,
+        }
     }
 
     fn add(&mut self, member: AnchorId, summary: &Summary, identity: Option<Id>) {
@@ -541,9 +707,10 @@ impl KeyState {
 }
 
 /// A worker's rollup state.
-#[derive(Default)]
 struct Rollups {
+    /// Attackers, identities and campaigns.
     names: Names<String>,
+    sessions: Sessions,
     techniques: Names<Technique>,
     attacker_identity: RefMap<Id>,
     identity_canonical: RefMap<Id>,
@@ -553,21 +720,79 @@ struct Rollups {
     /// The anchors placed at each canonical identity, for campaign changes.
     placed_at: IdMap<Id, BTreeSet<AnchorId>>,
     keys: IdMap<Key, KeyState>,
+    /// Per input, the greatest event time of its stored session tags so far (on every
+    /// worker).
+    inputs: BTreeMap<u32, i64>,
+    /// The least of `inputs`: how far event time has advanced on every input that
+    /// carries sessions.
+    clock: i64,
+    /// How far a session key's activity may fall behind the clock before it closes.
+    horizon: i64,
+    /// Open session keys by [`due_bucket`] of their activity when last looked at.
+    due: BTreeMap<i64, Vec<Key>>,
+    /// The session keys closed lately, as [`closed_hash`]es: those closed since the limit
+    /// last passed `rotate_at`, and those closed in the horizon before. A tag of one of
+    /// them is a dead letter even when it is not behind the limit, rather than the start
+    /// of a new row that would stand for the whole session.
+    closed: [HashSet<u64, BuildHasherDefault<IdHasher>>; 2],
+    rotate_at: i64,
+}
+
+/// A session key's entry in [`Rollups::closed`]: a hash of the session and technique.
+fn closed_hash(session: &str, technique: Id) -> u64 {
+    let mut hasher = IdHasher::default();
+    session.hash(&mut hasher);
+    technique.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Rollups {
-    /// One complete epoch: its reference changes, then its tags; the changed rows.
-    fn epoch(&mut self, references: Vec<(Reference, Diff)>, tags: Vec<(Counted, Diff)>) -> Vec<(RollupRow, Diff)> {
+    fn new(horizon: i64) -> Rollups {
+        Rollups {
+            names: Names::default(),
+            sessions: Sessions::default(),
+            techniques: Names::default(),
+            attacker_identity: RefMap::default(),
+            identity_canonical: RefMap::default(),
+            identity_campaign: RefMap::default(),
+            bumps: RefMap::default(),
+            anchors: IdMap::default(),
+            placed_at: IdMap::default(),
+            keys: IdMap::default(),
+            inputs: BTreeMap::new(),
+            clock: i64::MIN,
+            horizon,
+            due: BTreeMap::new(),
+            closed: Default::default(),
+            rotate_at: i64::MIN,
+        }
+    }
+
+    /// Session keys active before this event time close.
+    fn limit(&self) -> i64 {
+        self.clock.saturating_sub(self.horizon)
+    }
+
+    /// One complete epoch: its reference changes (and clock), then its tags, then the
+    /// sessions that fell behind the clock close; the changed rows, and a dead letter per
+    /// tag that came for a closed session.
+    fn epoch(
+        &mut self,
+        references: Vec<(Reference, Diff)>,
+        tags: Vec<(Counted, Diff)>,
+    ) -> (Vec<(RollupRow, Diff)>, Vec<DeadLetter>) {
+        let mut letters = Vec::new();
         let mut dirty = Vec::new();
         let mut moved = BTreeSet::new();
         for (reference, diff) in references {
             self.reference(reference, diff, &mut moved);
         }
+        self.clock = self.inputs.values().copied().min().unwrap_or(i64::MIN);
         for anchor in moved {
             self.place(anchor, &mut dirty);
         }
         for (counted, diff) in tags {
-            self.count(&counted, diff as i64, &mut dirty);
+            self.count(&counted, diff as i64, &mut dirty, &mut letters);
         }
         let mut changes = Vec::new();
         dirty.sort_unstable();
@@ -575,7 +800,86 @@ impl Rollups {
         for key in dirty {
             self.emit(key, &mut changes);
         }
-        changes
+        self.close_sessions();
+        (changes, letters)
+    }
+
+    /// Closes the session keys whose activity is behind [`Rollups::limit`]: their rows stay
+    /// as last emitted, their state (and their sessions' sources in the anchors) goes.
+    fn close_sessions(&mut self) {
+        let limit = self.limit();
+        if limit >= self.rotate_at {
+            self.closed[1] = std::mem::take(&mut self.closed[0]);
+            self.rotate_at = limit.saturating_add(self.horizon);
+        }
+        while let Some(entry) = self.due.first_entry() {
+            let end = entry.key().saturating_add(1).saturating_mul(CLOSE_BUCKET_US);
+            if end > limit {
+                break;
+            }
+            for key in entry.remove() {
+                let Some(state) = self.keys.get_mut(&key) else { continue };
+                if state.active == i64::MIN {
+                    // Only tags without event time, counted before the clock started: they
+                    // are as recent as the clock's first time.
+                    state.active = self.clock;
+                }
+                if state.active >= limit {
+                    self.due.entry(due_bucket(state.active)).or_default().push(key);
+                    continue;
+                }
+                let state = self.keys.remove(&key).expect("looked up above");
+                let session = key.scope.expect("a session key has its session");
+                self.closed[0].insert(closed_hash(self.sessions.name(session), key.technique));
+                for member in &state.members {
+                    if let Some(anchor) = self.anchors.get_mut(member) {
+                        anchor.sources.remove(&(Some(session), key.technique));
+                    }
+                }
+                self.sessions.release(session);
+            }
+        }
+    }
+
+    /// The open session `name` a tag of `technique` counts for, opened if need be; `None`,
+    /// with a dead letter, when its key is not open and the tag is behind the limit (it may
+    /// belong to a session that closed, whose numbers are gone).
+    fn session_of(
+        &mut self,
+        counted: &Counted,
+        name: &str,
+        technique: Id,
+        letters: &mut Vec<DeadLetter>,
+    ) -> Option<Id> {
+        let open = self.sessions.get(name);
+        if open.is_some_and(|id| self.keys.contains_key(&Key { kind: ScopeKind::Session, scope: Some(id), technique }))
+        {
+            return open;
+        }
+        let recently_closed = self.closed.iter().any(|set| set.contains(&closed_hash(name, technique)));
+        let behind = counted.observed_at.is_some_and(|at| at < self.limit());
+        if !recently_closed && !behind {
+            return Some(self.sessions.id(name));
+        }
+        let at = counted.observed_at.map_or_else(|| "no event time".to_string(), crate::time::format_rfc3339);
+        let why = if recently_closed {
+            "closed".to_string()
+        } else {
+            format!("behind the clock ({}) by more than the horizon", crate::time::format_rfc3339(self.clock))
+        };
+        letters.push(DeadLetter {
+            pos: counted.pos,
+            topic: None,
+            reason: Reason::SessionClosed,
+            detail: format!(
+                "a {technique_id} tag of session {name} at {at}: its {technique_id} row is {why}, its sessions \
+                 closing {hours} h of event time after their latest tag; the tag is stored and counted in its \
+                 other scopes",
+                technique_id = counted.technique.technique_id,
+                hours = self.horizon / HOUR_US,
+            ),
+        });
+        None
     }
 
     /// Applies one reference update, noting the anchors it may move.
@@ -600,6 +904,10 @@ impl Rollups {
                 let attacker = self.names.id(&attacker);
                 self.bumps.update(attacker, micros, diff);
                 moved.insert(AnchorId::Attacker(attacker));
+            }
+            Reference::Clock(input, at) => {
+                let clock = self.inputs.entry(input).or_insert(at);
+                *clock = (*clock).max(at);
             }
         }
     }
@@ -661,7 +969,7 @@ impl Rollups {
     }
 
     /// Folds one stored tag (`count` insertions of it) into its sources and keys.
-    fn count(&mut self, counted: &Counted, count: i64, dirty: &mut Vec<Key>) {
+    fn count(&mut self, counted: &Counted, count: i64, dirty: &mut Vec<Key>, letters: &mut Vec<DeadLetter>) {
         let anchor = match &counted.anchor {
             Anchor::Attacker(attacker) => AnchorId::Attacker(self.names.id(attacker)),
             Anchor::Identity(identity) => AnchorId::Identity(self.names.id(identity)),
@@ -675,7 +983,8 @@ impl Rollups {
             self.anchors.insert(anchor, AnchorState { placement, sources: BTreeMap::new() });
         }
         let technique = self.techniques.id(&counted.technique);
-        let session = counted.session.as_ref().map(|s| self.names.id(s));
+        let session = counted.session.as_deref().and_then(|name| self.session_of(counted, name, technique, letters));
+        let active = counted.observed_at.unwrap_or(self.clock);
         let state = self.anchors.get_mut(&anchor).expect("inserted above");
         let placement = state.placement;
         let agg = Agg::of(counted, count);
@@ -693,7 +1002,15 @@ impl Rollups {
                 }
             };
             for key in keys_of(anchor, &placement, session, technique) {
+                let fresh = !self.keys.contains_key(&key);
                 let key_state = self.keys.entry(key).or_insert_with(KeyState::new);
+                if let (ScopeKind::Session, Some(session)) = (key.kind, key.scope) {
+                    if fresh {
+                        self.sessions.hold(session);
+                        self.due.entry(due_bucket(active)).or_default().push(key);
+                    }
+                    key_state.active = key_state.active.max(active);
+                }
                 if new {
                     key_state.add(anchor, &summary, placement.identity);
                 } else {
@@ -724,9 +1041,14 @@ impl Rollups {
         }
         let row = |(totals, identities): (Totals, i64)| {
             let technique = self.techniques.name(key.technique).clone();
+            let scope_id = match (key.kind, key.scope) {
+                (_, None) => String::new(),
+                (ScopeKind::Session, Some(id)) => self.sessions.name(id).to_string(),
+                (_, Some(id)) => self.names.name(id).clone(),
+            };
             RollupRow {
                 scope_kind: key.kind,
-                scope_id: key.scope.map(|id| self.names.name(id).clone()).unwrap_or_default(),
+                scope_id,
                 technique_id: technique.technique_id,
                 sub_technique_id: technique.sub_technique_id,
                 tactic: technique.tactic,
@@ -747,6 +1069,9 @@ impl Rollups {
         state.emitted = now;
         if now.is_none() {
             self.keys.remove(&key);
+            if let (ScopeKind::Session, Some(session)) = (key.kind, key.scope) {
+                self.sessions.release(session);
+            }
         }
     }
 }
@@ -939,8 +1264,15 @@ mod tests {
 
     /// Runs the stage on `workers` workers; worker 0 feeds every input.
     fn run_on(workers: usize, batches: Vec<Vec<Op>>) -> Captured<RollupRow> {
+        run_with(workers, SESSION_HORIZON_US, batches).0
+    }
+
+    /// Runs the stage with sessions closing after `horizon`; its rows and dead letters.
+    fn run_with(workers: usize, horizon: i64, batches: Vec<Vec<Op>>) -> (Captured<RollupRow>, Captured<DeadLetter>) {
         let captured: Captured<RollupRow> = Arc::default();
+        let letters: Captured<DeadLetter> = Arc::default();
         let sink = Arc::clone(&captured);
+        let letter_sink = Arc::clone(&letters);
         let guards = timely::execute(timely::Config::process(workers), move |worker| {
             let feeds = worker.index() == 0;
             let (mut tags, mut attackers, mut canonicals, mut campaigns, mut bumps) =
@@ -950,9 +1282,10 @@ mod tests {
                     let (canonicals_in, canonicals) = scope.new_collection::<(String, String), Diff>();
                     let (campaigns_in, campaigns) = scope.new_collection::<(String, String), Diff>();
                     let (bumps_in, bumps) = scope.new_collection::<(String, Bump), Diff>();
-                    let sink = Arc::clone(&sink);
-                    rollup(tags, attackers, canonicals, campaigns, bumps)
-                        .inspect(move |x| sink.lock().unwrap().push(x.clone()));
+                    let (sink, letter_sink) = (Arc::clone(&sink), Arc::clone(&letter_sink));
+                    let rolled = rollup(tags, attackers, canonicals, campaigns, bumps, horizon);
+                    rolled.rows.inspect(move |x| sink.lock().unwrap().push(x.clone()));
+                    rolled.dead_letters.inspect(move |x| letter_sink.lock().unwrap().push(x.clone()));
                     (tags_in, attackers_in, canonicals_in, campaigns_in, bumps_in)
                 });
             let mut maps: [BTreeMap<String, String>; 3] = Default::default();
@@ -1001,7 +1334,7 @@ mod tests {
         for result in guards.join() {
             result.expect("a worker finishes");
         }
-        captured
+        (captured, letters)
     }
 
     fn consolidated(captured: &Captured<RollupRow>) -> Vec<(RollupRow, Time, Diff)> {
@@ -1265,7 +1598,7 @@ mod tests {
                 let (tags_in, tags) = scope.new_collection::<Tag, Diff>();
                 let (_, bumps) = scope.new_collection::<(String, Bump), Diff>();
                 let refs = crate::identity::stage(tables, events);
-                stage(tags, &refs, bumps).inspect(move |x| sink.lock().unwrap().push(x.clone()));
+                stage(tags, &refs, bumps).rows.inspect(move |x| sink.lock().unwrap().push(x.clone()));
                 (tables_in, events_in, tags_in)
             });
             tables.insert(identity_row(0, "i1", "c1"));
@@ -1305,6 +1638,79 @@ mod tests {
         assert_eq!(scopes(0), apart);
         assert_eq!(scopes(1), [(ScopeKind::Identity, s("i1"), 3, 2), (ScopeKind::Campaign, s("c1"), 3, 2)]);
         assert_eq!(scopes(2), apart, "the unmerge moves i2's contribution back");
+    }
+
+    /// A session tag of attacker a1 at `hours` of event time, read from `input`.
+    fn session_tag(n: u64, session: &str, hours: i64, input: u32) -> Op {
+        let mut tag = tag(n, "T1110", 0.5, Some(hours * HOUR_US));
+        tag.pos.input = input;
+        on(tag, Some("a1"), None, Some(session))
+    }
+
+    /// The dead letters' offsets and reasons, per epoch.
+    fn letters_of(letters: &Captured<DeadLetter>) -> Vec<(Time, u64, Reason)> {
+        let mut out: Vec<_> =
+            letters.lock().unwrap().iter().map(|(l, time, diff)| (*time, l.pos.offset, l.reason, *diff)).collect();
+        out.sort();
+        assert!(out.iter().all(|l| l.3 == 1), "{out:?}");
+        out.into_iter().map(|(time, offset, reason, _)| (time, offset, reason)).collect()
+    }
+
+    /// Horizon 10 h. Epoch 0: s1 at 0 h, s2 at 5 h. Epoch 1: s2 at 30 h moves the clock
+    /// to 30 h, and s1 closes. Epoch 2: s1 again at 25 h (closed lately), s3 at 1 h (behind
+    /// the limit), s2 at 2 h (behind the limit, but open).
+    #[test]
+    fn a_session_closes_a_horizon_after_its_latest_tag_and_its_late_tags_are_dead_letters() {
+        use ScopeKind::*;
+        let h = |hours: i64| Some(hours * HOUR_US);
+        let batches = vec![
+            vec![session_tag(1, "s1", 0, 0), session_tag(2, "s2", 5, 0)],
+            vec![session_tag(3, "s2", 30, 0)],
+            vec![session_tag(4, "s1", 25, 0), session_tag(5, "s3", 1, 0), session_tag(6, "s2", 2, 0)],
+        ];
+        for workers in [1, 2] {
+            let (out, letters) = run_with(workers, 10 * HOUR_US, batches.clone());
+            let rows = at(&out, 2);
+            assert_eq!(
+                of(&rows, Session),
+                [
+                    row(Session, "s1", "T1110", (1, 1, 0), (h(0), h(0)), 0.5),
+                    row(Session, "s2", "T1110", (3, 1, 0), (h(2), h(30)), 0.5)
+                ],
+                "s1's row stays as it closed; s3 has none; s2 counts its late tag"
+            );
+            assert_eq!(of(&rows, Attacker), [row(Attacker, "a1", "T1110", (6, 1, 0), (h(0), h(30)), 0.5)]);
+            assert_eq!(of(&rows, Fleet), [row(Fleet, "", "T1110", (6, 1, 0), (h(0), h(30)), 0.5)]);
+            let closed = Reason::SessionClosed;
+            assert_eq!(letters_of(&letters), [(2, 4, closed), (2, 5, closed)], "on {workers} workers");
+            let retracted =
+                consolidated(&out).into_iter().any(|(r, _, d)| r.scope_kind == Session && r.scope_id == "s1" && d < 0);
+            assert!(!retracted, "closing retracts nothing");
+        }
+    }
+
+    /// The clock is the least of the inputs' latest session tags: one input far ahead
+    /// closes nothing that another input is still feeding.
+    #[test]
+    fn sessions_close_only_when_every_input_has_moved_past_them() {
+        use ScopeKind::*;
+        let h = |hours: i64| Some(hours * HOUR_US);
+        let batches = vec![
+            vec![session_tag(1, "s1", 0, 0), session_tag(2, "s2", 0, 1)],
+            vec![session_tag(3, "s3", 100, 0)],
+            vec![session_tag(4, "s1", 1, 1)],
+            vec![session_tag(5, "s4", 100, 1)],
+            vec![session_tag(6, "s1", 95, 0)],
+        ];
+        let (out, letters) = run_with(2, 10 * HOUR_US, batches);
+        let sessions =
+            |epoch| of(&at(&out, epoch), Session).into_iter().map(|r| (r.scope_id, r.tag_count)).collect::<Vec<_>>();
+        assert_eq!(sessions(2), [(s("s1"), 2), (s("s2"), 1), (s("s3"), 1)], "input 1 held the clock at 0 h");
+        assert_eq!(sessions(4), [(s("s1"), 2), (s("s2"), 1), (s("s3"), 1), (s("s4"), 1)]);
+        assert_eq!(letters_of(&letters), [(4, 6, Reason::SessionClosed)], "s1 closed once input 1 reached 100 h");
+        assert_eq!(of(&at(&out, 4), Attacker)[0].tag_count, 6);
+        let letter = letters.lock().unwrap()[0].0.clone();
+        assert!(letter.detail.contains("session s1") && letter.detail.contains("10 h"), "{}", letter.detail);
     }
 
     use crate::testing::Rng;
