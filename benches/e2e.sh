@@ -44,19 +44,8 @@ if [ ! -s "$fleet/events.jsonl" ]; then
 fi
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); rules: $rules"
 
-pg_dir="" pg_url=""
-stop_pg() { [ -n "$pg_dir" ] && as_pg "$PG_BIN/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true; }
+. benches/pg.sh
 trap stop_pg EXIT
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-start_pg() {
-    PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
-    pg_dir="$(mktemp -d)"
-    [ "$(id -u)" -eq 0 ] && chown postgres "$pg_dir"
-    as_pg "$PG_BIN/initdb" -D "$pg_dir/data" -A trust -U postgres >/dev/null
-    as_pg "$PG_BIN/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w \
-        -o "-p 55499 -k $pg_dir -c listen_addresses='' -c fsync=on" start >/dev/null
-    pg_url="host=$pg_dir port=55499 user=postgres"
-}
 
 # bench NAME RUN-ARGS...: `runs` runs; the median by wall time is reported.
 bench() {
@@ -67,12 +56,12 @@ bench() {
         rm -rf "$out"
         local args=("$@")
         if [ -n "$pg_url" ]; then
-            as_pg "$PG_BIN/psql" -q -h "$pg_dir" -p 55499 -U postgres -c "CREATE DATABASE bench_$i" >/dev/null
+            psql_pg "CREATE DATABASE bench_$i"
             args+=(--postgres "$pg_url dbname=bench_$i")
         fi
         TTPFLOW_LOG=warn /usr/bin/time -f "rss_kb=%M wall_s=%e" "$bin" run --rules "$rules" --out "$out" --stage-times \
             "${args[@]}" >"$log" 2>&1
-        [ -n "$pg_url" ] && as_pg "$PG_BIN/psql" -q -h "$pg_dir" -p 55499 -U postgres -c "DROP DATABASE bench_$i" >/dev/null
+        [ -n "$pg_url" ] && psql_pg "DROP DATABASE bench_$i"
         # Events/s of the whole process: records over wall time, startup included.
         local elapsed rate rss records
         elapsed=$(grep -o 'wall_s=[0-9.]*' "$log" | cut -d= -f2)

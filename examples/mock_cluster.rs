@@ -8,10 +8,15 @@
 //! creates a topic of N partitions up front. The bootstrap servers are printed once
 //! everything is produced; the cluster lives until standard input closes. Run with
 //! `--topic` only, it is a broker program for the Kafka tests (`TTPFLOW_TEST_KAFKA_BROKER`).
+//!
+//! `--pace N` produces the table records, prints the bootstrap servers, waits
+//! `--pace-delay-s` seconds (default 5, for a job to start) and then produces the bus
+//! records at N per second, each stamped with the time it is sent: a live load for
+//! measuring the job's latency (`benches/latency.sh`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
@@ -19,12 +24,16 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut partitions = 4;
+    let mut pace: Option<f64> = None;
+    let mut pace_delay = 5.0;
     let mut files = Vec::new();
     let mut topics: BTreeMap<String, i32> = BTreeMap::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--partitions" => partitions = args.next().ok_or("--partitions needs a number")?.parse()?,
+            "--pace" => pace = Some(args.next().ok_or("--pace needs records per second")?.parse()?),
+            "--pace-delay-s" => pace_delay = args.next().ok_or("--pace-delay-s needs seconds")?.parse()?,
             "--topic" => {
                 let spec = args.next().ok_or("--topic needs NAME:PARTITIONS")?;
                 let (name, n) = spec.rsplit_once(':').ok_or("--topic needs NAME:PARTITIONS")?;
@@ -59,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let brokers = mock.bootstrap_servers();
     let producer: ThreadedProducer<DefaultProducerContext> =
         ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create()?;
-    for (topic, partition, key, value) in &records {
+    let send = |(topic, partition, key, value): &(String, i32, Option<String>, Option<String>)| {
         let mut record = BaseRecord::<str, str>::to(topic).partition(*partition);
         if let Some(key) = key {
             record = record.key(key.as_str());
@@ -67,15 +76,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(value) = value {
             record = record.payload(value.as_str());
         }
-        let mut record = record;
         while let Err((_, back)) = producer.send(record) {
             record = back;
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
+    };
+    let Some(rate) = pace else {
+        records.iter().for_each(send);
+        producer.flush(Duration::from_secs(120))?;
+        eprintln!("produced {} records to {} topics", records.len(), topics.len());
+        println!("{brokers}");
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        return Ok(());
+    };
+    let (tables, bus): (Vec<_>, Vec<_>) = records.iter().partition(|r| r.0.starts_with("decnet."));
+    tables.into_iter().for_each(send);
+    producer.flush(Duration::from_secs(120))?;
+    println!("{brokers}");
+    std::thread::sleep(Duration::from_secs_f64(pace_delay));
+    let start = Instant::now();
+    for (i, record) in bus.iter().enumerate() {
+        let due = Duration::from_secs_f64(i as f64 / rate);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        send(record);
     }
     producer.flush(Duration::from_secs(120))?;
-    eprintln!("produced {} records to {} topics", records.len(), topics.len());
-    println!("{brokers}");
+    let took = start.elapsed().as_secs_f64();
+    eprintln!("paced {} records in {took:.1} s ({:.0}/s)", bus.len(), bus.len() as f64 / took);
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     Ok(())
 }

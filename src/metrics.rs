@@ -21,6 +21,9 @@ use ttpflow_dataflows::record::Reason;
 /// Upper bounds, in seconds, of the commit-latency buckets: 1 ms to 10 s.
 pub const COMMIT_BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Upper bounds, in seconds, of the record-latency buckets: 10 ms to 60 s.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
 /// The `Content-Type` of `/metrics`.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -199,6 +202,7 @@ struct Families {
     lag: Family,
     sink_retries: Family,
     commit: Histogram,
+    latency: Histogram,
 }
 
 impl Families {
@@ -259,6 +263,14 @@ impl Metrics {
                 sum: 0.0,
                 count: 0,
             },
+            latency: Histogram {
+                name: "ttpflow_record_commit_latency_seconds",
+                help: "Time from the oldest record of a committed live epoch (its Kafka timestamp) to the end of the commit.",
+                bounds: &LATENCY_BUCKETS,
+                counts: vec![0; LATENCY_BUCKETS.len()],
+                sum: 0.0,
+                count: 0,
+            },
         };
         Metrics { families: Mutex::new(families) }
     }
@@ -295,6 +307,11 @@ impl Metrics {
         families.commit.observe(took.as_secs_f64());
     }
 
+    /// The latency of one committed epoch's oldest record, in seconds.
+    pub fn observe_latency(&self, seconds: f64) {
+        self.lock().latency.observe(seconds);
+    }
+
     pub fn set_lag(&self, topic: &str, partition: i32, lag: i64) {
         self.lock().lag.samples.insert(vec![Value::text(topic), Value::Num(partition.into())], lag as f64);
     }
@@ -329,6 +346,7 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         families.plain().iter().for_each(|f| f.render(&mut out));
         families.commit.render(&mut out);
+        families.latency.render(&mut out);
         out
     }
 }
@@ -526,6 +544,9 @@ mod tests {
         metrics.set_lag("events", 1, 9);
         metrics.remove_lag("events", 1);
         metrics.sink_retry(Sink::Postgres, 1);
+        metrics.observe_latency(0.04);
+        metrics.observe_latency(0.3);
+        metrics.observe_latency(75.0);
         let text = metrics.render();
         let expected = r#"# HELP ttpflow_records_in_total Records read, by topic.
 # TYPE ttpflow_records_in_total counter
@@ -576,6 +597,23 @@ ttpflow_epoch_commit_seconds_bucket{le="10"} 3
 ttpflow_epoch_commit_seconds_bucket{le="+Inf"} 4
 ttpflow_epoch_commit_seconds_sum 20.0065
 ttpflow_epoch_commit_seconds_count 4
+# HELP ttpflow_record_commit_latency_seconds Time from the oldest record of a committed live epoch (its Kafka timestamp) to the end of the commit.
+# TYPE ttpflow_record_commit_latency_seconds histogram
+ttpflow_record_commit_latency_seconds_bucket{le="0.01"} 0
+ttpflow_record_commit_latency_seconds_bucket{le="0.025"} 0
+ttpflow_record_commit_latency_seconds_bucket{le="0.05"} 1
+ttpflow_record_commit_latency_seconds_bucket{le="0.1"} 1
+ttpflow_record_commit_latency_seconds_bucket{le="0.25"} 1
+ttpflow_record_commit_latency_seconds_bucket{le="0.5"} 2
+ttpflow_record_commit_latency_seconds_bucket{le="1"} 2
+ttpflow_record_commit_latency_seconds_bucket{le="2.5"} 2
+ttpflow_record_commit_latency_seconds_bucket{le="5"} 2
+ttpflow_record_commit_latency_seconds_bucket{le="10"} 2
+ttpflow_record_commit_latency_seconds_bucket{le="30"} 2
+ttpflow_record_commit_latency_seconds_bucket{le="60"} 2
+ttpflow_record_commit_latency_seconds_bucket{le="+Inf"} 3
+ttpflow_record_commit_latency_seconds_sum 75.34
+ttpflow_record_commit_latency_seconds_count 3
 "#;
         assert_eq!(text, expected);
         assert_eq!(text, metrics.render());

@@ -346,6 +346,8 @@ enum Commit {
     Dead(DeadLetter),
     /// A partition (by number) and its next offset after the epoch.
     Progress(u32, u64),
+    /// The least Kafka timestamp (milliseconds) of a worker's records in the epoch.
+    Oldest(i64),
     /// One event waiting for its attacker (counted, for the gauge).
     Pending,
 }
@@ -357,6 +359,8 @@ struct Pending {
     rollups: Vec<(RollupRow, Diff)>,
     dead: Vec<DeadLetter>,
     progress: BTreeMap<u32, u64>,
+    /// The least Kafka timestamp of the epoch's records, in milliseconds.
+    oldest: Option<i64>,
 }
 
 /// Worker 0's committer.
@@ -379,7 +383,7 @@ impl Committer {
         if self.error.is_some() {
             return;
         }
-        let Pending { mut tags, rollups, dead, progress } = pending;
+        let Pending { mut tags, rollups, dead, progress, oldest } = pending;
         tags.sort();
         let positions: Vec<Position> = progress
             .iter()
@@ -414,6 +418,10 @@ impl Committer {
         match self.sink.commit(epoch, &positions, &tags, rollups, outbox) {
             Ok((messages, last)) => {
                 self.metrics.observe_commit(started.elapsed());
+                if let Some(oldest) = oldest.filter(|ms| *ms > 0) {
+                    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+                    self.metrics.observe_latency((now_ms - oldest).max(0) as f64 / 1000.0);
+                }
                 self.metrics.tags_stored(self.sink.stats().rows_inserted - inserted);
                 for letter in &dead {
                     self.metrics.dead_letter(letter.reason, 1);
@@ -541,14 +549,14 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
         .map(|watcher| Reloader::new(watcher, shared));
     let (mut records, mut progress) = worker.dataflow::<Time, _, _>(|scope| {
         let (records_in, records) = scope.new_collection::<Line, Diff>();
-        let (progress_in, progress) = scope.new_collection::<(u32, u64), Diff>();
+        let (progress_in, progress) = scope.new_collection::<Commit, Diff>();
         let outputs = ttpflow_dataflows::build(records, shared.schedule.clone());
         let changes = outputs
             .tags
             .map(|tag| Commit::Tag(Box::new(tag)))
             .concat(outputs.rollups.map(Commit::Rollup))
             .concat(outputs.dead_letters.map(Commit::Dead))
-            .concat(progress.map(|(number, next)| Commit::Progress(number, next)))
+            .concat(progress)
             .concat(outputs.pending.map(|_| Commit::Pending))
             .probe_with(&probe);
         commit_epochs(changes, committer.clone(), Arc::clone(&shared.metrics));
@@ -564,6 +572,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
         progress.advance_to(*records.time());
     }
     let mut held: Vec<Line> = Vec::new();
+    // The least Kafka timestamp of the live records in the open epoch, for the latency metric.
+    let mut oldest: Option<i64> = None;
     let (mut taken, mut rehydrated, mut in_epoch) = (0u64, 0u64, 0u64);
     let mut last_position_check = Instant::now();
     let mut last_consume_warning: Option<Instant> = None;
@@ -605,6 +615,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
             }
             taken += 1;
             in_epoch += 1;
+            if live {
+                oldest = earliest(oldest, Some(line.pos.ts));
+            }
             records.insert(line);
         }
         if polled == 0 && last_position_check.elapsed() > Duration::from_millis(50) {
@@ -634,8 +647,11 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
             None
         };
         if let Some(next_epoch) = next_epoch {
+            if let Some(ms) = oldest.take() {
+                progress.insert(Commit::Oldest(ms));
+            }
             for reading in owned.iter_mut().filter(|r| r.moved) {
-                progress.insert((reading.number, reading.next));
+                progress.insert(Commit::Progress(reading.number, reading.next));
                 reading.moved = false;
                 if reading.unreported > 0 {
                     shared.taken.fetch_add(reading.unreported, Ordering::Relaxed);
@@ -654,6 +670,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
                 for line in held.drain(..) {
                     taken += 1;
                     in_epoch += 1;
+                    oldest = earliest(oldest, Some(line.pos.ts));
                     records.insert(line);
                 }
             }
@@ -671,7 +688,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
     }
     // Close the open epoch with its positions, then let the graph drain.
     for reading in owned.iter_mut().filter(|r| r.moved && live) {
-        progress.insert((reading.number, reading.next));
+        progress.insert(Commit::Progress(reading.number, reading.next));
     }
     let _ = held;
     drop(records);
@@ -768,6 +785,14 @@ impl Reloader {
     }
 }
 
+/// The earlier of two optional timestamps, `None` standing for none.
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The first live epoch of the clock tick `ticks` after the current one.
 fn clock_epoch_after(interval_ms: u64, ticks: u64) -> Time {
     let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
@@ -804,7 +829,8 @@ fn commit_epochs(changes: Coll<'_, Commit>, committer: Option<Rc<RefCell<Committ
                         let at = epoch.progress.entry(number).or_insert(next);
                         *at = (*at).max(next);
                     }
-                    Commit::Progress(..) | Commit::Pending => {}
+                    Commit::Oldest(ms) if diff > 0 => epoch.oldest = earliest(epoch.oldest, Some(ms)),
+                    Commit::Progress(..) | Commit::Oldest(_) | Commit::Pending => {}
                 }
             }
         });
@@ -823,6 +849,7 @@ fn commit_epochs(changes: Coll<'_, Commit>, committer: Option<Rc<RefCell<Committ
                 let at = into.progress.entry(number).or_insert(next);
                 *at = (*at).max(next);
             }
+            into.oldest = earliest(into.oldest, pending.oldest);
         }
         if let Some((time, pending)) = merged {
             committer.borrow_mut().commit(time, pending);

@@ -51,22 +51,22 @@
 //! tables; sessions are not, so a session's keys close once event time has moved on: the
 //! clock is, over every input (a file or a Kafka partition) that has carried session tags,
 //! the least of its latest session tag's event time (broadcast with the references, so all
-//! workers agree), and a session key closes once its latest tag (or, for tags without event
-//! time, the clock when they came) is [`SESSION_HORIZON_US`] behind it, checked in buckets
-//! of an hour after each epoch. A closed key's row stays as last emitted (nothing is
+//! workers agree), and a session key closes once the clock is [`SESSION_HORIZON_US`] past
+//! its activity: the latest, over its tags, of the tag's event time and of the clock when
+//! it came (so a late tag, of an event that waited for its attacker, say, keeps its key
+//! open for a horizon from its arrival). Closing is checked in buckets of an hour after
+//! each epoch. A closed key's row stays as last emitted (nothing is
 //! retracted) and its state goes: the key, its members' session sources, the session's
 //! name once none of its keys is open. Taking the least over inputs keeps one partition
 //! that runs ahead (a replay reads partitions at different speeds) from closing what
-//! another is still feeding; so a tag is late only when it is behind its own input's
-//! order by more than the horizon. An input that stops carrying sessions holds the clock
+//! another is still feeding. An input that stops carrying sessions holds the clock
 //! where it stopped (closing waits, nothing is lost).
 //!
-//! A tag for a session key that is not open goes to the dead letters (reason
-//! `session_closed`) when the key closed lately (within about two horizons: the closed keys
-//! are remembered as hashes, in two generations) or when the tag is behind the clock by
-//! more than the horizon; it still counts in its other scopes. A session that resumes after
-//! more than that starts a new row for its key: PostgreSQL's row for the key is replaced by
-//! the new numbers, the file output holds both.
+//! A tag for a session key that closed lately (one to two horizons of the clock ago: closed
+//! keys are remembered as hashes, in two generations) goes to the dead letters (reason
+//! `session_closed`) and still counts in its other scopes. A session that resumes later
+//! than that starts a new row for its key: PostgreSQL's row for the key is replaced by the
+//! new numbers, the file output holds both.
 //!
 //! State per worker: the interned names, the reference maps, per anchor its placement and
 //! source aggregates, per rollup key its members, identity multiset, running and last
@@ -632,8 +632,8 @@ struct KeyState {
     stale: bool,
     /// The numbers last emitted (with the identity count), if any.
     emitted: Option<(Totals, i64)>,
-    /// Session keys: the greatest event time of the key's tags (the clock's time at arrival
-    /// for a tag without one), which decides when the key closes.
+    /// Session keys: the latest of their tags' event times and the clock at their arrival
+    /// (a tag without event time: the clock), which decides when the key closes.
     active: i64,
 }
 
@@ -842,8 +842,8 @@ impl Rollups {
     }
 
     /// The open session `name` a tag of `technique` counts for, opened if need be; `None`,
-    /// with a dead letter, when its key is not open and the tag is behind the limit (it may
-    /// belong to a session that closed, whose numbers are gone).
+    /// with a dead letter, when its key closed lately (its numbers are gone: a new row
+    /// would stand for the whole session).
     fn session_of(
         &mut self,
         counted: &Counted,
@@ -856,27 +856,21 @@ impl Rollups {
         {
             return open;
         }
-        let recently_closed = self.closed.iter().any(|set| set.contains(&closed_hash(name, technique)));
-        let behind = counted.observed_at.is_some_and(|at| at < self.limit());
-        if !recently_closed && !behind {
+        if !self.closed.iter().any(|set| set.contains(&closed_hash(name, technique))) {
             return Some(self.sessions.id(name));
         }
         let at = counted.observed_at.map_or_else(|| "no event time".to_string(), crate::time::format_rfc3339);
-        let why = if recently_closed {
-            "closed".to_string()
-        } else {
-            format!("behind the clock ({}) by more than the horizon", crate::time::format_rfc3339(self.clock))
-        };
         letters.push(DeadLetter {
             pos: counted.pos,
             topic: None,
             reason: Reason::SessionClosed,
             detail: format!(
-                "a {technique_id} tag of session {name} at {at}: its {technique_id} row is {why}, its sessions \
-                 closing {hours} h of event time after their latest tag; the tag is stored and counted in its \
-                 other scopes",
+                "a {technique_id} tag of session {name} at {at}: its {technique_id} row closed when the clock \
+                 passed {hours} h of event time after its latest tag (the clock is now {clock}); the tag is \
+                 stored and counted in its other scopes",
                 technique_id = counted.technique.technique_id,
                 hours = self.horizon / HOUR_US,
+                clock = crate::time::format_rfc3339(self.clock),
             ),
         });
         None
@@ -984,7 +978,9 @@ impl Rollups {
         }
         let technique = self.techniques.id(&counted.technique);
         let session = counted.session.as_deref().and_then(|name| self.session_of(counted, name, technique, letters));
-        let active = counted.observed_at.unwrap_or(self.clock);
+        // A late tag (an event that waited for its attacker, a partition behind the others)
+        // keeps its key open for a horizon from its arrival.
+        let active = counted.observed_at.map_or(self.clock, |at| at.max(self.clock));
         let state = self.anchors.get_mut(&anchor).expect("inserted above");
         let placement = state.placement;
         let agg = Agg::of(counted, count);
@@ -1657,32 +1653,37 @@ mod tests {
     }
 
     /// Horizon 10 h. Epoch 0: s1 at 0 h, s2 at 5 h. Epoch 1: s2 at 30 h moves the clock
-    /// to 30 h, and s1 closes. Epoch 2: s1 again at 25 h (closed lately), s3 at 1 h (behind
-    /// the limit), s2 at 2 h (behind the limit, but open).
+    /// to 30 h, and s1 closes. Epoch 2: s1 again at 25 h (closed lately), s3 at 1 h (late,
+    /// but new), s2 at 2 h (late, but open). Epoch 3: s3 again at 2 h, when the clock
+    /// reaches 39 h: its key stays open a horizon from then. Epoch 4: at 41 h s2 closes.
+    /// Epoch 5: s3 counts, s2 is a dead letter.
     #[test]
-    fn a_session_closes_a_horizon_after_its_latest_tag_and_its_late_tags_are_dead_letters() {
+    fn a_session_closes_a_horizon_after_its_latest_activity_and_later_tags_of_it_are_dead_letters() {
         use ScopeKind::*;
         let h = |hours: i64| Some(hours * HOUR_US);
         let batches = vec![
             vec![session_tag(1, "s1", 0, 0), session_tag(2, "s2", 5, 0)],
             vec![session_tag(3, "s2", 30, 0)],
             vec![session_tag(4, "s1", 25, 0), session_tag(5, "s3", 1, 0), session_tag(6, "s2", 2, 0)],
+            vec![session_tag(7, "s4", 39, 0), session_tag(8, "s3", 2, 0)],
+            vec![session_tag(9, "s4", 41, 0)],
+            vec![session_tag(10, "s3", 3, 0), session_tag(11, "s2", 3, 0)],
         ];
         for workers in [1, 2] {
             let (out, letters) = run_with(workers, 10 * HOUR_US, batches.clone());
-            let rows = at(&out, 2);
-            assert_eq!(
-                of(&rows, Session),
-                [
-                    row(Session, "s1", "T1110", (1, 1, 0), (h(0), h(0)), 0.5),
-                    row(Session, "s2", "T1110", (3, 1, 0), (h(2), h(30)), 0.5)
-                ],
-                "s1's row stays as it closed; s3 has none; s2 counts its late tag"
-            );
-            assert_eq!(of(&rows, Attacker), [row(Attacker, "a1", "T1110", (6, 1, 0), (h(0), h(30)), 0.5)]);
-            assert_eq!(of(&rows, Fleet), [row(Fleet, "", "T1110", (6, 1, 0), (h(0), h(30)), 0.5)]);
+            let s1 = row(Session, "s1", "T1110", (1, 1, 0), (h(0), h(0)), 0.5);
+            let s2 = row(Session, "s2", "T1110", (3, 1, 0), (h(2), h(30)), 0.5);
+            let s3 = row(Session, "s3", "T1110", (1, 1, 0), (h(1), h(1)), 0.5);
+            assert_eq!(of(&at(&out, 2), Session), [s1.clone(), s2.clone(), s3], "s1's row stays as it closed");
+            let s3 = row(Session, "s3", "T1110", (3, 1, 0), (h(1), h(3)), 0.5);
+            let s4 = row(Session, "s4", "T1110", (2, 1, 0), (h(39), h(41)), 0.5);
+            assert_eq!(of(&at(&out, 5), Session), [s1, s2, s3, s4]);
+            let all = row(Attacker, "a1", "T1110", (11, 1, 0), (h(0), h(41)), 0.5);
+            assert_eq!(of(&at(&out, 5), Attacker), [all]);
+            assert_eq!(of(&at(&out, 5), Fleet), [row(Fleet, "", "T1110", (11, 1, 0), (h(0), h(41)), 0.5)]);
             let closed = Reason::SessionClosed;
-            assert_eq!(letters_of(&letters), [(2, 4, closed), (2, 5, closed)], "on {workers} workers");
+            let expected = [(2, 4, closed), (5, 11, closed)];
+            assert_eq!(letters_of(&letters), expected, "on {workers} workers");
             let retracted =
                 consolidated(&out).into_iter().any(|(r, _, d)| r.scope_kind == Session && r.scope_id == "s1" && d < 0);
             assert!(!retracted, "closing retracts nothing");
@@ -1694,7 +1695,6 @@ mod tests {
     #[test]
     fn sessions_close_only_when_every_input_has_moved_past_them() {
         use ScopeKind::*;
-        let h = |hours: i64| Some(hours * HOUR_US);
         let batches = vec![
             vec![session_tag(1, "s1", 0, 0), session_tag(2, "s2", 0, 1)],
             vec![session_tag(3, "s3", 100, 0)],

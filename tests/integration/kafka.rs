@@ -478,6 +478,7 @@ fn metrics_count_what_the_job_did_and_malformed_records_become_dead_letters() {
         });
     }
     let cluster = cluster(&records);
+    let produced = Instant::now();
     produce(&cluster.brokers, &records);
     let url = database("kafka_metrics");
     let port = free_port();
@@ -507,6 +508,12 @@ fn metrics_count_what_the_job_did_and_malformed_records_become_dead_letters() {
     assert!(stored > 0.0);
     assert_eq!(sample(&scrape, "ttpflow_tags_stored_total"), Some(stored), "{scrape}");
     assert!(sample(&scrape, "ttpflow_epoch_commit_seconds_count").unwrap_or(0.0) >= 1.0, "{scrape}");
+    // The records were produced before the job started: each committed epoch's oldest record
+    // waited at least the start-up, and no longer than the test has run.
+    let latencies = sample(&scrape, "ttpflow_record_commit_latency_seconds_count").unwrap_or(0.0);
+    let waited = sample(&scrape, "ttpflow_record_commit_latency_seconds_sum").unwrap_or(0.0);
+    assert!(latencies >= 1.0 && waited > 0.0, "{scrape}");
+    assert!(waited / latencies <= produced.elapsed().as_secs_f64() + 1.0, "{scrape}");
     assert!(sample(&scrape, r#"ttpflow_published_total{kind="tagged"}"#).unwrap_or(0.0) >= 1.0, "{scrape}");
     assert_eq!(sample(&scrape, lag), Some(0.0), "{scrape}");
 
