@@ -41,7 +41,7 @@ cleanup() {
     [ -n "$job" ] && kill "$job" 2>/dev/null && wait "$job" 2>/dev/null
     [ -n "$hold" ] && exec 3>&-
     stop_pg
-    rm -rf "$work"
+    [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 start_pg
@@ -60,7 +60,7 @@ port=$((20000 + RANDOM % 20000))
 args=(--brokers "$brokers" --postgres "$pg_url dbname=bench_latency" --rules "$rules" -w "$workers"
     --metrics-addr "127.0.0.1:$port")
 [ -n "$interval" ] && args+=(--epoch-interval-ms "$interval")
-TTPFLOW_LOG=warn "$bin" run "${args[@]}" >"$work/job.log" 2>&1 &
+TTPFLOW_LOG="${TTPFLOW_LOG:-warn}" "$bin" run "${args[@]}" >"$work/job.log" 2>&1 &
 job=$!
 until grep -q '^paced' "$work/mock.log"; do
     kill -0 "$job" 2>/dev/null || { cat "$work/job.log" >&2; exit 1; }
@@ -70,6 +70,8 @@ sleep 3
 curl -s "http://127.0.0.1:$port/metrics" >"$work/metrics"
 cat "$work/mock.log"
 grep -E '^ttpflow_(epochs_committed_total|tags_stored_total) ' "$work/metrics"
+awk '/^ttpflow_epoch_commit_seconds_sum/ { s = $2 } /^ttpflow_epoch_commit_seconds_count/ { n = $2 }
+    END { if (n) printf "commit: mean %.3f s over %d commits\n", s / n, n }' "$work/metrics"
 # Quantiles from the cumulative buckets: the least bound holding that share of the epochs.
 awk '
     /^ttpflow_record_commit_latency_seconds_bucket/ {
@@ -86,3 +88,4 @@ awk '
         }
         printf "mean %.3f s over %d epochs\n", sum / total, total
     }' "$work/metrics"
+echo "work: $work"

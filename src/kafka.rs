@@ -27,6 +27,9 @@ use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::postgres::Message;
 
+/// How long the messages of one commit may take to be delivered.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a metadata or watermark request may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -339,9 +342,17 @@ impl Publisher {
                 }
             }
         }
-        self.producer
-            .flush(Duration::from_secs(30))
-            .map_err(|source| KafkaError::Publish { topic: String::from("(flush)"), source })
+        // rdkafka's flush waits for deliveries in steps of 100 ms; with a polling thread
+        // doing the polling, looking every millisecond returns as soon as they are in.
+        let deadline = std::time::Instant::now() + FLUSH_TIMEOUT;
+        while self.producer.in_flight_count() > 0 {
+            if std::time::Instant::now() > deadline {
+                let source = RdError::Flush(rdkafka::types::RDKafkaErrorCode::OperationTimedOut);
+                return Err(KafkaError::Publish { topic: String::from("(flush)"), source });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
     }
 }
 
