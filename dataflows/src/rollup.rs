@@ -732,8 +732,8 @@ struct Rollups {
     due: BTreeMap<i64, Vec<Key>>,
     /// The session keys closed lately, as [`closed_hash`]es: those closed since the limit
     /// last passed `rotate_at`, and those closed in the horizon before. A tag of one of
-    /// them is a dead letter even when it is not behind the limit, rather than the start
-    /// of a new row that would stand for the whole session.
+    /// them is a dead letter rather than the start of a new row that would stand for the
+    /// whole session.
     closed: [HashSet<u64, BuildHasherDefault<IdHasher>>; 2],
     rotate_at: i64,
 }
