@@ -123,9 +123,8 @@ pub enum Reason {
     Unanchored,
     /// `merged_into` pointers of identities or campaigns that form a cycle.
     MergeCycle,
-    /// A stored tag came for a session whose rollup row of its technique had closed (or
-    /// may have: the tag is behind the rollups' clock by more than the horizon): counted in
-    /// its other scopes only.
+    /// A stored tag came for a session whose rollup row of its technique had closed lately:
+    /// counted in its other scopes only.
     SessionClosed,
 }
 

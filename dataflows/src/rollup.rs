@@ -998,7 +998,8 @@ impl Rollups {
                 }
             };
             for key in keys_of(anchor, &placement, session, technique) {
-                let fresh = !self.keys.contains_key(&key);
+                // Only a session key's arrival needs noting: the others skip the extra lookup.
+                let fresh = key.kind == ScopeKind::Session && !self.keys.contains_key(&key);
                 let key_state = self.keys.entry(key).or_insert_with(KeyState::new);
                 if let (ScopeKind::Session, Some(session)) = (key.kind, key.scope) {
                     if fresh {
