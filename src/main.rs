@@ -6,6 +6,7 @@ use clap::Parser;
 
 // The graph allocates many small strings and payload trees; glibc's allocator spends
 // more time consolidating free lists than the graph spends computing.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
