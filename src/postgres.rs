@@ -800,8 +800,11 @@ pub(crate) fn commit(client: &mut Client, batch: &Batch<'_>) -> Result<Committed
         tx.execute("DELETE FROM ttp_rollup", &[]).map_err(failed)?;
         tx.execute("DELETE FROM ttp_progress WHERE job = $1", &[&batch.job]).map_err(failed)?;
     }
+    let started = Instant::now();
     let inserted = insert_tags(&mut tx, batch.epoch, batch.tags, batch.outbox.is_some())?;
+    let tags_done = Instant::now();
     apply_rollups(&mut tx, batch.rollups).map_err(failed)?;
+    let rollups_done = Instant::now();
     let (mut messages, mut outbox_last) = (Vec::new(), None);
     if let Some(compose) = batch.outbox {
         let new: BTreeSet<[u8; 16]> = inserted.uuids.iter().copied().collect();
@@ -809,6 +812,7 @@ pub(crate) fn commit(client: &mut Client, batch: &Batch<'_>) -> Result<Committed
         messages = compose(&fresh);
         outbox_last = write_outbox(&mut tx, batch.job, &messages).map_err(failed)?;
     }
+    let outbox_done = Instant::now();
     let inputs: Vec<&str> = batch.positions.iter().map(|p| p.input.as_str()).collect();
     let partitions: Vec<i32> = batch.positions.iter().map(|p| p.partition).collect();
     let offsets: Vec<i64> = batch.positions.iter().map(|p| p.next_offset as i64).collect();
@@ -826,7 +830,21 @@ pub(crate) fn commit(client: &mut Client, batch: &Batch<'_>) -> Result<Committed
         &[&batch.job, &(batch.epoch_records as i64)],
     )
     .map_err(failed)?;
+    let progress_done = Instant::now();
     tx.commit().map_err(failed)?;
+    let ms = |from: Instant, to: Instant| (to - from).as_secs_f64() * 1e3;
+    tracing::debug!(
+        epoch = batch.epoch,
+        tags = batch.tags.len(),
+        rollups = batch.rollups.len(),
+        messages = messages.len(),
+        tags_ms = ms(started, tags_done),
+        rollups_ms = ms(tags_done, rollups_done),
+        outbox_ms = ms(rollups_done, outbox_done),
+        progress_ms = ms(outbox_done, progress_done),
+        commit_ms = ms(progress_done, Instant::now()),
+        "commit phases"
+    );
     Ok(Committed { inserted: inserted.count, messages, outbox_last })
 }
 
