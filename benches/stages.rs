@@ -152,7 +152,7 @@ fn rollup_input(lines: Vec<Line>, pack: RulePack) -> RollupInput {
     timely::execute_directly(move |worker| {
         let mut input = worker.dataflow::<Time, _, _>(|scope| {
             let (input, records) = scope.new_collection::<Line, Diff>();
-            let out = ttpflow_dataflows::build(records, PackSchedule::fixed(Arc::new(pack)));
+            let out = ttpflow_dataflows::build(records, PackSchedule::fixed(Arc::new(pack)), rollup::Emission::Final);
             let s = Arc::clone(&sink);
             out.tags.inspect(move |(tag, _, _)| s.lock().unwrap().tags.push(tag.clone()));
             let s = Arc::clone(&sink);
@@ -198,7 +198,7 @@ fn bench_rollup(c: &mut Criterion) {
                         let (i_in, i) = scope.new_collection::<(String, String), Diff>();
                         let (c_in, c) = scope.new_collection::<(String, String), Diff>();
                         let (_bumps_in, bumps) = scope.new_collection();
-                        rollup::rollup(tags, a, i, c, bumps, rollup::SESSION_HORIZON_US)
+                        rollup::rollup(tags, a, i, c, bumps, rollup::SESSION_HORIZON_US, rollup::Emission::EveryEpoch)
                             .rows
                             .inspect(move |_| *count.lock().unwrap() += 1);
                         (tags_in, a_in, i_in, c_in, _bumps_in)
@@ -232,7 +232,7 @@ fn bench_graph(c: &mut Criterion) {
                     let probe = ProbeHandle::new();
                     let mut input = worker.dataflow::<Time, _, _>(|scope| {
                         let (input, records) = scope.new_collection::<Line, Diff>();
-                        ttpflow_dataflows::build(records, packs).tags.probe_with(&probe);
+                        ttpflow_dataflows::build(records, packs, rollup::Emission::Final).tags.probe_with(&probe);
                         input
                     });
                     lines.into_iter().for_each(|l| input.insert(l));

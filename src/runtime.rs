@@ -24,7 +24,7 @@ use timely::dataflow::operators::core::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::ProbeHandle;
 use ttpflow_dataflows::record::{DeadLetter, Event, Line, Pos, Reason, Tag};
-use ttpflow_dataflows::rollup::RollupRow;
+use ttpflow_dataflows::rollup::{Emission, RollupRow};
 use ttpflow_dataflows::rules::RulePack;
 use ttpflow_dataflows::types::{Coll, Diff, Time};
 use ttpflow_dataflows::PackSchedule;
@@ -182,7 +182,9 @@ fn run_worker(
     let mut input = worker.dataflow::<Time, _, _>(|scope| {
         let (input, records) = scope.new_collection::<Line, Diff>();
         let records = records.inner.exchange(|(line, _, _): &(Line, Time, Diff)| line.pos.offset).as_collection();
-        let outputs = ttpflow_dataflows::build(records, packs);
+        // Rows go to PostgreSQL as they change; the JSONL file only needs them at the end.
+        let emission = if options.postgres.is_some() { Emission::EveryEpoch } else { Emission::Final };
+        let outputs = ttpflow_dataflows::build(records, packs, emission);
         let tags = outputs.tags.probe_with(&probe);
         let rollups = outputs.rollups.probe_with(&probe);
         if options.postgres.is_some() {

@@ -52,7 +52,7 @@ use timely::dataflow::channels::pact::Exchange as ExchangePact;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::ProbeHandle;
 use ttpflow_dataflows::record::{DeadLetter, Line, Tag};
-use ttpflow_dataflows::rollup::RollupRow;
+use ttpflow_dataflows::rollup::{Emission, RollupRow};
 use ttpflow_dataflows::rules::RulePack;
 use ttpflow_dataflows::types::{Coll, Diff, Time};
 use ttpflow_dataflows::PackSchedule;
@@ -550,7 +550,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
     let (mut records, mut progress) = worker.dataflow::<Time, _, _>(|scope| {
         let (records_in, records) = scope.new_collection::<Line, Diff>();
         let (progress_in, progress) = scope.new_collection::<Commit, Diff>();
-        let outputs = ttpflow_dataflows::build(records, shared.schedule.clone());
+        let outputs = ttpflow_dataflows::build(records, shared.schedule.clone(), Emission::EveryEpoch);
         let changes = outputs
             .tags
             .map(|tag| Commit::Tag(Box::new(tag)))

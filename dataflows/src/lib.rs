@@ -67,7 +67,8 @@ pub struct Outputs<'s> {
     pub dead_letters: Coll<'s, DeadLetter>,
     /// Events still waiting for their IP to resolve to an attacker.
     pub pending: Coll<'s, (String, Event)>,
-    /// The rollup rows: one per scope and technique, changing as their numbers change.
+    /// The rollup rows: one per scope and technique, changing as their numbers change, or
+    /// each once with [`rollup::Emission::Final`].
     pub rollups: Coll<'s, rollup::RollupRow>,
     /// The live reference maps the rollups follow (attacker → canonical identity, …).
     pub references: identity::References<'s>,
@@ -76,7 +77,7 @@ pub struct Outputs<'s> {
 }
 
 /// Builds the graph over a collection of raw records, with the rules of `packs`.
-pub fn build<'s>(records: Coll<'s, Line>, packs: PackSchedule) -> Outputs<'s> {
+pub fn build<'s>(records: Coll<'s, Line>, packs: PackSchedule, emission: rollup::Emission) -> Outputs<'s> {
     let scope = records.scope();
     let decoded = scope.region_named("decode", |r| decode::stage(records.enter_region(r)).leave(scope));
     let anchored = scope.region_named("anchor", |r| {
@@ -101,7 +102,8 @@ pub fn build<'s>(records: Coll<'s, Line>, packs: PackSchedule) -> Outputs<'s> {
     });
     let rollups = scope.region_named("rollup", |r| {
         let refs = references.enter_region(r);
-        let rolled = rollup::stage(stored.clone().enter_region(r), &refs, intel.bumps.clone().enter_region(r));
+        let rolled =
+            rollup::stage(stored.clone().enter_region(r), &refs, intel.bumps.clone().enter_region(r), emission);
         (rolled.rows.leave_region(scope), rolled.dead_letters.leave_region(scope))
     });
     let (rollups, closed_sessions) = rollups;
@@ -191,7 +193,7 @@ mod tests {
             let probe = ProbeHandle::new();
             let mut input = worker.dataflow::<Time, _, _>(|scope| {
                 let (input, records) = scope.new_collection::<Line, Diff>();
-                let out = build(records, packs);
+                let out = build(records, packs, rollup::Emission::EveryEpoch);
                 out.tags.probe_with(&probe).inspect(move |(tag, time, diff)| {
                     let row = (tag.rule_id.clone(), tag.source_id.clone(), format!("{}", tag.confidence.0));
                     sink.lock().unwrap().push((row, *time, *diff));

@@ -68,6 +68,13 @@
 //! than that starts a new row for its key: PostgreSQL's row for the key is replaced by the
 //! new numbers, the file output holds both.
 //!
+//! Emission ([`Emission`]). Sinks that keep the rows current (PostgreSQL, Kafka) take every
+//! epoch's changes. A sink that writes the rows once the input ends takes each key's row
+//! once instead: when its session closes, or, for every key still open, when both inputs'
+//! frontiers are empty (at the latest epoch, through a capability the stage keeps). Then a
+//! changed key is only marked, and none of its intermediate rows is built, exchanged or
+//! folded into the sink.
+//!
 //! State per worker: the interned names, the reference maps, per anchor its placement and
 //! source aggregates, per rollup key its members, identity multiset, running and last
 //! emitted numbers; the open session keys by due hour, the closed ones' hashes. Dead
@@ -304,6 +311,18 @@ struct Summary {
 /// An update bound for one of an operator's two outputs.
 type Split<A, B = Reference> = Result<(A, Time, Diff), (B, Time, Diff)>;
 
+/// When the stage emits a key's row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emission {
+    /// After every epoch that changed the key: the old row's retraction and the new row.
+    /// For sinks that keep the rows current as they go (PostgreSQL, Kafka).
+    EveryEpoch,
+    /// Once: when the key's session closes, or when the input ends. For a sink that writes
+    /// the rows when the input ends: the stage sends a key's row once instead of every
+    /// change of it on the way, and emits no retraction.
+    Final,
+}
+
 /// The stage's outputs: the rollup rows, and a dead letter per tag that came for a session
 /// already closed.
 pub struct Rolled<'s> {
@@ -312,16 +331,21 @@ pub struct Rolled<'s> {
 }
 
 /// The stage, over the identity stage's outputs.
-pub fn stage<'s>(tags: Coll<'s, Tag>, refs: &References<'s>, bumps: Coll<'s, (String, Bump)>) -> Rolled<'s> {
+pub fn stage<'s>(
+    tags: Coll<'s, Tag>,
+    refs: &References<'s>,
+    bumps: Coll<'s, (String, Bump)>,
+    emission: Emission,
+) -> Rolled<'s> {
     let (a, i, c) = (refs.attacker_identity.clone(), refs.identity_canonical.clone(), refs.identity_campaign.clone());
-    rollup(tags, a, i, c, bumps, SESSION_HORIZON_US)
+    rollup(tags, a, i, c, bumps, SESSION_HORIZON_US, emission)
 }
 
 /// The stage over plain collections: `attacker_identity` (attacker, canonical identity),
 /// `identity_canonical` (identity, canonical identity), `identity_campaign` (canonical
 /// identity, canonical campaign) and `bumps` (attacker, bump); each of the first three a
 /// function of its key. Sessions close `horizon` microseconds of event time after their
-/// latest tag.
+/// latest tag; rows come out as `emission` says.
 pub fn rollup<'s>(
     tags: Coll<'s, Tag>,
     attacker_identity: Coll<'s, (String, String)>,
@@ -329,6 +353,7 @@ pub fn rollup<'s>(
     identity_campaign: Coll<'s, (String, String)>,
     bumps: Coll<'s, (String, Bump)>,
     horizon: i64,
+    emission: Emission,
 ) -> Rolled<'s> {
     // The store emits insertions only; a tag is counted once per insertion. Each batch
     // also yields its greatest event time, for the clock of every worker.
@@ -376,9 +401,12 @@ pub fn rollup<'s>(
             by_technique,
             Pipeline,
             "rollup",
-            move |_, _| {
-                let mut rollups = Rollups::new(horizon);
+            move |initial, _| {
+                let mut rollups = Rollups::new(horizon, emission);
                 let mut stash: BTreeMap<Time, Epoch> = BTreeMap::new();
+                // With final emission: a capability kept at the latest epoch or the inputs'
+                // frontier, for the rows still to come when the input ends.
+                let mut last = (emission == Emission::Final).then_some(initial);
                 move |(tags, tags_frontier), (refs, refs_frontier), output| {
                     tags.for_each(|cap, data| {
                         for (counted, time, diff) in data.drain(..) {
@@ -401,6 +429,9 @@ pub fn rollup<'s>(
                             break;
                         }
                         let Epoch { cap, tags, references } = entry.remove();
+                        if let Some(last) = &mut last {
+                            last.downgrade(&time);
+                        }
                         let mut session = output.session(&cap);
                         let (changes, letters) = rollups.epoch(references, tags);
                         for (row, diff) in changes {
@@ -408,6 +439,22 @@ pub fn rollup<'s>(
                         }
                         for letter in letters {
                             session.give(Err((letter, time, 1)));
+                        }
+                    }
+                    if let Some(cap) = &mut last {
+                        let frontier =
+                            tags_frontier.frontier().iter().chain(refs_frontier.frontier().iter()).min().copied();
+                        match frontier {
+                            Some(time) => cap.downgrade(&time),
+                            None => {
+                                let mut session = output.session(&*cap);
+                                let time = *cap.time();
+                                for (row, diff) in rollups.finish() {
+                                    session.give(Ok((row, time, diff)));
+                                }
+                                drop(session);
+                                last = None;
+                            }
                         }
                     }
                 }
@@ -630,6 +677,8 @@ struct KeyState {
     totals: Totals,
     /// The extremes must be recomputed from the members.
     stale: bool,
+    /// With final emission: changed since created, its row not emitted yet.
+    pending: bool,
     /// The numbers last emitted (with the identity count), if any.
     emitted: Option<(Totals, i64)>,
     /// Session keys: the latest of their tags' event times and the clock at their arrival
@@ -644,6 +693,7 @@ impl KeyState {
             identities: Vec::new(),
             totals: Totals::ZERO,
             stale: false,
+            pending: false,
             emitted: None,
             active: i64::MIN,
         }
@@ -736,6 +786,7 @@ struct Rollups {
     /// whole session.
     closed: [HashSet<u64, BuildHasherDefault<IdHasher>>; 2],
     rotate_at: i64,
+    emission: Emission,
 }
 
 /// A session key's entry in [`Rollups::closed`]: a hash of the session and technique.
@@ -747,7 +798,7 @@ fn closed_hash(session: &str, technique: Id) -> u64 {
 }
 
 impl Rollups {
-    fn new(horizon: i64) -> Rollups {
+    fn new(horizon: i64, emission: Emission) -> Rollups {
         Rollups {
             names: Names::default(),
             sessions: Sessions::default(),
@@ -765,6 +816,7 @@ impl Rollups {
             due: BTreeMap::new(),
             closed: Default::default(),
             rotate_at: i64::MIN,
+            emission,
         }
     }
 
@@ -798,15 +850,51 @@ impl Rollups {
         dirty.sort_unstable();
         dirty.dedup();
         for key in dirty {
-            self.emit(key, &mut changes);
+            match self.emission {
+                Emission::EveryEpoch => self.emit(key, &mut changes),
+                Emission::Final => self.defer(key),
+            }
         }
-        self.close_sessions();
+        self.close_sessions(&mut changes);
         (changes, letters)
     }
 
+    /// With final emission: a changed key's row waits for its session to close or the
+    /// input to end; a key left without members, never emitted, goes now.
+    fn defer(&mut self, key: Key) {
+        let Some(state) = self.keys.get_mut(&key) else { return };
+        if state.members.is_empty() && state.emitted.is_none() {
+            self.forget(key);
+        } else {
+            state.pending = true;
+        }
+    }
+
+    /// The input ended: with final emission, the row of every key not emitted yet, in key
+    /// order; the state goes with it.
+    fn finish(&mut self) -> Vec<(RollupRow, Diff)> {
+        let mut pending: Vec<Key> = self.keys.iter().filter(|(_, state)| state.pending).map(|(key, _)| *key).collect();
+        pending.sort_unstable();
+        let mut changes = Vec::with_capacity(pending.len());
+        for key in pending {
+            self.emit(key, &mut changes);
+        }
+        *self = Rollups::new(self.horizon, self.emission);
+        changes
+    }
+
+    /// Drops a key's state; a session key releases its session's name.
+    fn forget(&mut self, key: Key) {
+        self.keys.remove(&key);
+        if let (ScopeKind::Session, Some(session)) = (key.kind, key.scope) {
+            self.sessions.release(session);
+        }
+    }
+
     /// Closes the session keys whose activity is behind [`Rollups::limit`]: their rows stay
-    /// as last emitted, their state (and their sessions' sources in the anchors) goes.
-    fn close_sessions(&mut self) {
+    /// as last emitted (with final emission, a row not emitted yet is emitted now), their
+    /// state (and their sessions' sources in the anchors) goes.
+    fn close_sessions(&mut self, changes: &mut Vec<(RollupRow, Diff)>) {
         let limit = self.limit();
         if limit >= self.rotate_at {
             self.closed[1] = std::mem::take(&mut self.closed[0]);
@@ -828,7 +916,11 @@ impl Rollups {
                     self.due.entry(due_bucket(state.active)).or_default().push(key);
                     continue;
                 }
-                let state = self.keys.remove(&key).expect("looked up above");
+                if state.pending {
+                    self.emit(key, changes);
+                }
+                // (Gone already if emitting found it without members.)
+                let Some(state) = self.keys.remove(&key) else { continue };
                 let session = key.scope.expect("a session key has its session");
                 self.closed[0].insert(closed_hash(self.sessions.name(session), key.technique));
                 for member in &state.members {
@@ -1064,11 +1156,9 @@ impl Rollups {
             changes.push((row(new), 1));
         }
         state.emitted = now;
+        state.pending = false;
         if now.is_none() {
-            self.keys.remove(&key);
-            if let (ScopeKind::Session, Some(session)) = (key.kind, key.scope) {
-                self.sessions.release(session);
-            }
+            self.forget(key);
         }
     }
 }
@@ -1261,11 +1351,16 @@ mod tests {
 
     /// Runs the stage on `workers` workers; worker 0 feeds every input.
     fn run_on(workers: usize, batches: Vec<Vec<Op>>) -> Captured<RollupRow> {
-        run_with(workers, SESSION_HORIZON_US, batches).0
+        run_with(workers, SESSION_HORIZON_US, Emission::EveryEpoch, batches).0
     }
 
     /// Runs the stage with sessions closing after `horizon`; its rows and dead letters.
-    fn run_with(workers: usize, horizon: i64, batches: Vec<Vec<Op>>) -> (Captured<RollupRow>, Captured<DeadLetter>) {
+    fn run_with(
+        workers: usize,
+        horizon: i64,
+        emission: Emission,
+        batches: Vec<Vec<Op>>,
+    ) -> (Captured<RollupRow>, Captured<DeadLetter>) {
         let captured: Captured<RollupRow> = Arc::default();
         let letters: Captured<DeadLetter> = Arc::default();
         let sink = Arc::clone(&captured);
@@ -1280,7 +1375,7 @@ mod tests {
                     let (campaigns_in, campaigns) = scope.new_collection::<(String, String), Diff>();
                     let (bumps_in, bumps) = scope.new_collection::<(String, Bump), Diff>();
                     let (sink, letter_sink) = (Arc::clone(&sink), Arc::clone(&letter_sink));
-                    let rolled = rollup(tags, attackers, canonicals, campaigns, bumps, horizon);
+                    let rolled = rollup(tags, attackers, canonicals, campaigns, bumps, horizon, emission);
                     rolled.rows.inspect(move |x| sink.lock().unwrap().push(x.clone()));
                     rolled.dead_letters.inspect(move |x| letter_sink.lock().unwrap().push(x.clone()));
                     (tags_in, attackers_in, canonicals_in, campaigns_in, bumps_in)
@@ -1595,7 +1690,9 @@ mod tests {
                 let (tags_in, tags) = scope.new_collection::<Tag, Diff>();
                 let (_, bumps) = scope.new_collection::<(String, Bump), Diff>();
                 let refs = crate::identity::stage(tables, events);
-                stage(tags, &refs, bumps).rows.inspect(move |x| sink.lock().unwrap().push(x.clone()));
+                stage(tags, &refs, bumps, Emission::EveryEpoch)
+                    .rows
+                    .inspect(move |x| sink.lock().unwrap().push(x.clone()));
                 (tables_in, events_in, tags_in)
             });
             tables.insert(identity_row(0, "i1", "c1"));
@@ -1671,7 +1768,7 @@ mod tests {
             vec![session_tag(10, "s3", 3, 0), session_tag(11, "s2", 3, 0)],
         ];
         for workers in [1, 2] {
-            let (out, letters) = run_with(workers, 10 * HOUR_US, batches.clone());
+            let (out, letters) = run_with(workers, 10 * HOUR_US, Emission::EveryEpoch, batches.clone());
             let s1 = row(Session, "s1", "T1110", (1, 1, 0), (h(0), h(0)), 0.5);
             let s2 = row(Session, "s2", "T1110", (3, 1, 0), (h(2), h(30)), 0.5);
             let s3 = row(Session, "s3", "T1110", (1, 1, 0), (h(1), h(1)), 0.5);
@@ -1688,7 +1785,28 @@ mod tests {
             let retracted =
                 consolidated(&out).into_iter().any(|(r, _, d)| r.scope_kind == Session && r.scope_id == "s1" && d < 0);
             assert!(!retracted, "closing retracts nothing");
+
+            // Final emission: each row once, a closed session's when it closes, the
+            // others when the input ends; the same rows and dead letters in the end.
+            let (last, last_letters) = run_with(workers, 10 * HOUR_US, Emission::Final, batches.clone());
+            assert_eq!(once_each(&last), at(&out, 5), "on {workers} workers");
+            assert_eq!(letters_of(&last_letters), expected);
+            let s1_at: Vec<Time> =
+                last.lock().unwrap().iter().filter(|(r, _, _)| r.scope_id == "s1").map(|(_, t, _)| *t).collect();
+            assert_eq!(s1_at, [1], "s1's row comes out when it closes");
+            let at_end: Vec<Time> =
+                last.lock().unwrap().iter().filter(|(r, _, _)| r.scope_kind == Attacker).map(|(_, t, _)| *t).collect();
+            assert_eq!(at_end, [5], "open keys come out when the input ends, at its last epoch");
         }
+    }
+
+    /// Output of final emission: every row must come once, with no retraction.
+    fn once_each(captured: &Captured<RollupRow>) -> BTreeSet<RollupRow> {
+        let updates = captured.lock().unwrap().clone();
+        assert!(updates.iter().all(|(_, _, d)| *d == 1), "only insertions: {updates:#?}");
+        let rows: BTreeSet<RollupRow> = updates.iter().map(|(r, _, _)| r.clone()).collect();
+        assert_eq!(rows.len(), updates.len(), "each row once: {updates:#?}");
+        rows
     }
 
     /// The clock is the least of the inputs' latest session tags: one input far ahead
@@ -1703,7 +1821,7 @@ mod tests {
             vec![session_tag(5, "s4", 100, 1)],
             vec![session_tag(6, "s1", 95, 0)],
         ];
-        let (out, letters) = run_with(2, 10 * HOUR_US, batches);
+        let (out, letters) = run_with(2, 10 * HOUR_US, Emission::EveryEpoch, batches);
         let sessions =
             |epoch| of(&at(&out, epoch), Session).into_iter().map(|r| (r.scope_id, r.tag_count)).collect::<Vec<_>>();
         assert_eq!(sessions(2), [(s("s1"), 2), (s("s2"), 1), (s("s3"), 1)], "input 1 held the clock at 0 h");
@@ -1800,6 +1918,7 @@ mod tests {
             }
             // Odd cases on two workers: keys are sharded by technique, references broadcast.
             let out = run_on(1 + case % 2, batches.clone());
+            let last = run_with(1 + case % 2, SESSION_HORIZON_US, Emission::Final, batches.clone()).0;
             let mut model = Model::default();
             for (epoch, ops) in batches.iter().enumerate() {
                 for op in ops {
@@ -1809,6 +1928,7 @@ mod tests {
                 assert_eq!(at(&out, epoch as Time), want, "case {case}, epoch {epoch}, batches {batches:#?}");
                 bumped += usize::from(!model.bumps.is_empty() && want.iter().any(|r| r.confidence_max.0 > 0.97));
             }
+            assert_eq!(once_each(&last), model.expected(), "final emission, case {case}, batches {batches:#?}");
             let retracted: BTreeSet<_> = consolidated(&out)
                 .into_iter()
                 .filter(|(r, _, d)| *d < 0 && matches!(r.scope_kind, ScopeKind::Identity | ScopeKind::Campaign))
