@@ -805,11 +805,12 @@ pub(crate) fn commit(client: &mut Client, batch: &Batch<'_>) -> Result<Committed
     let tags_done = Instant::now();
     apply_rollups(&mut tx, batch.rollups).map_err(failed)?;
     let rollups_done = Instant::now();
-    let (mut messages, mut outbox_last) = (Vec::new(), None);
+    let (mut messages, mut outbox_last, mut composed) = (Vec::new(), None, rollups_done);
     if let Some(compose) = batch.outbox {
         let new: BTreeSet<[u8; 16]> = inserted.uuids.iter().copied().collect();
         let fresh: Vec<&Tag> = batch.tags.iter().filter(|t| new.contains(&t.uuid)).collect();
         messages = compose(&fresh);
+        composed = Instant::now();
         outbox_last = write_outbox(&mut tx, batch.job, &messages).map_err(failed)?;
     }
     let outbox_done = Instant::now();
@@ -840,7 +841,8 @@ pub(crate) fn commit(client: &mut Client, batch: &Batch<'_>) -> Result<Committed
         messages = messages.len(),
         tags_ms = ms(started, tags_done),
         rollups_ms = ms(tags_done, rollups_done),
-        outbox_ms = ms(rollups_done, outbox_done),
+        compose_ms = ms(rollups_done, composed),
+        outbox_ms = ms(composed, outbox_done),
         progress_ms = ms(outbox_done, progress_done),
         commit_ms = ms(progress_done, Instant::now()),
         "commit phases"
@@ -848,21 +850,21 @@ pub(crate) fn commit(client: &mut Client, batch: &Batch<'_>) -> Result<Committed
     Ok(Committed { inserted: inserted.count, messages, outbox_last })
 }
 
-/// Appends messages to the outbox; returns the id of the last one.
+/// Appends messages to the outbox (binary COPY, which numbers the rows in order); returns
+/// the id of the last one.
 fn write_outbox(tx: &mut Transaction<'_>, job: &str, messages: &[Message]) -> Result<Option<i64>, postgres::Error> {
     if messages.is_empty() {
         return Ok(None);
     }
-    let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
-    let keys: Vec<&str> = messages.iter().map(|m| m.key.as_str()).collect();
-    let values: Vec<Option<&[u8]>> = messages.iter().map(|m| m.value.as_deref()).collect();
-    let row = tx.query_one(
-        "WITH added AS (INSERT INTO ttp_outbox (job, topic, key, value) \
-         SELECT $1, topic, key, value FROM unnest($2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY \
-         AS m(topic, key, value, n) ORDER BY n RETURNING id) SELECT max(id) FROM added",
-        &[&job, &topics, &keys, &values],
-    )?;
-    row.try_get(0)
+    let sink = tx.copy_in("COPY ttp_outbox (job, topic, key, value) FROM STDIN (FORMAT binary)")?;
+    let mut writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::BYTEA]);
+    for message in messages {
+        let value = message.value.as_deref();
+        writer.write(&[&job, &message.topic, &message.key, &value])?;
+    }
+    writer.finish()?;
+    // The sequence's latest value in this session: the id of the last row copied.
+    tx.query_one("SELECT currval(pg_get_serial_sequence('ttp_outbox', 'id'))", &[])?.try_get(0).map(Some)
 }
 
 /// The messages of a job left in the outbox (committed, perhaps not published), in order.
