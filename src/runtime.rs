@@ -399,25 +399,26 @@ fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Wri
 }
 
 /// Accumulates the rollup changes; the rows that remain when the input ends are written.
+/// Folds the rollup changes into a table on worker 0 as they arrive (in any order: a key's
+/// changes add up the same), and writes its rows once the input ends.
 fn write_rollups(rollups: Coll<'_, RollupRow>, writers: Option<Rc<RefCell<Writers>>>) {
-    let state: Rc<RefCell<RollupTable>> = Rc::default();
-    let accumulate = Rc::clone(&state);
-    on_worker_zero(
-        rollups,
-        "collect rollups",
-        Order::Any,
-        move |_, batch| {
-            let mut state = accumulate.borrow_mut();
-            for (row, diff) in &batch {
-                state.update(row, *diff);
+    let mut table = RollupTable::default();
+    let mut written = false;
+    let pact = ExchangePact::new(|_: &(RollupRow, Time, Diff)| 0u64);
+    rollups.inner.sink(pact, "collect rollups", move |(input, frontier)| {
+        input.for_each(|_cap, data| {
+            for (row, _, diff) in data.drain(..) {
+                table.update(&row, diff);
             }
-        },
-        move || {
-            let Some(w) = &writers else { return };
-            let state = state.borrow();
-            w.borrow_mut().write(|w| state.for_each_row(|row| w.rollups.write_with(|line| rollup_json(row, line))));
-        },
-    );
+        });
+        if frontier.frontier().is_empty() && !written {
+            written = true;
+            let table = std::mem::take(&mut table);
+            if let Some(w) = &writers {
+                w.borrow_mut().write(|w| table.for_each_row(|row| w.rollups.write_with(|line| rollup_json(row, line))));
+            }
+        }
+    });
 }
 
 /// Events waiting for their IP, by position: (IP, topic, multiplicity).
