@@ -1,7 +1,7 @@
 //! The current rows of a rollup stream, held compactly by a sink.
 //!
 //! The rollup stage emits, per epoch and changed key, the retraction of the key's old row
-//! and its new row. A sink that writes the rows once the input ends only needs each key's
+//! and its new row, or with final emission each key's row once. A sink that writes the rows once the input ends only needs each key's
 //! current numbers: scope ids and techniques are interned once, and a row costs its key
 //! (its strings as small ids) and its numbers, not four strings. Rows come out in [`RollupRow`]
 //! order, as a sorted set of rows would give them.

@@ -398,7 +398,6 @@ fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Wri
     );
 }
 
-/// Accumulates the rollup changes; the rows that remain when the input ends are written.
 /// Folds the rollup changes into a table on worker 0 as they arrive (in any order: a key's
 /// changes add up the same), and writes its rows once the input ends.
 fn write_rollups(rollups: Coll<'_, RollupRow>, writers: Option<Rc<RefCell<Writers>>>) {

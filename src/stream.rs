@@ -54,6 +54,7 @@ use timely::dataflow::ProbeHandle;
 use ttpflow_dataflows::record::{DeadLetter, Line, Tag};
 use ttpflow_dataflows::rollup::{Emission, RollupRow};
 use ttpflow_dataflows::rules::RulePack;
+use ttpflow_dataflows::time::earliest;
 use ttpflow_dataflows::types::{Coll, Diff, Time};
 use ttpflow_dataflows::PackSchedule;
 
@@ -782,14 +783,6 @@ impl Reloader {
                 self.client = None;
             }
         }
-    }
-}
-
-/// The earlier of two optional timestamps, `None` standing for none.
-fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 

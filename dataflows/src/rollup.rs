@@ -97,6 +97,7 @@ use crate::fasthash::{IdHasher, IdMap};
 use crate::identity::References;
 use crate::intel::Bump;
 use crate::record::{Confidence, DeadLetter, Pos, Reason, Tag};
+use crate::time::earliest;
 use crate::types::{Coll, Diff, Time};
 
 /// The `source_kind` of intel-derived tags, which the R0058 bump raises.
@@ -279,7 +280,7 @@ impl Agg {
     /// Folds in the aggregate of more tags of the same source.
     fn plus_equals(&mut self, rhs: &Self) {
         self.tags += rhs.tags;
-        self.first_seen = min_some(self.first_seen, rhs.first_seen);
+        self.first_seen = earliest(self.first_seen, rhs.first_seen);
         self.last_seen = self.last_seen.max(rhs.last_seen);
         self.confidence = self.confidence.max(rhs.confidence);
         self.intel_confidence = self.intel_confidence.max(rhs.intel_confidence);
@@ -289,14 +290,6 @@ impl Agg {
 /// `confidence` raised by `micros` millionths, capped at 1.0.
 fn raised(confidence: Confidence, micros: i64) -> Confidence {
     Confidence((confidence.0 + micros as f64 / 1e6).min(1.0))
-}
-
-/// The lesser of two optional values, `None` standing for "no value".
-fn min_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
 }
 
 /// A source aggregate's numbers, bump applied: what one member brings to a key.
@@ -654,7 +647,7 @@ impl Totals {
 
     /// Folds in the extremes of `summary`.
     fn extend(&mut self, summary: &Summary) {
-        self.first_seen = min_some(self.first_seen, summary.first_seen);
+        self.first_seen = earliest(self.first_seen, summary.first_seen);
         self.last_seen = self.last_seen.max(summary.last_seen);
         self.confidence = self.confidence.max(summary.confidence);
     }
@@ -860,10 +853,11 @@ impl Rollups {
     }
 
     /// With final emission: a changed key's row waits for its session to close or the
-    /// input to end; a key left without members, never emitted, goes now.
+    /// input to end; a key left without members (never emitted, as final emission emits a
+    /// key only as it goes) goes now.
     fn defer(&mut self, key: Key) {
         let Some(state) = self.keys.get_mut(&key) else { return };
-        if state.members.is_empty() && state.emitted.is_none() {
+        if state.members.is_empty() {
             self.forget(key);
         } else {
             state.pending = true;

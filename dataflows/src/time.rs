@@ -5,6 +5,14 @@
 
 use crate::json::Json;
 
+/// The earlier of two optional times, `None` standing for "no time".
+pub fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Microseconds since the Unix epoch from an ISO-8601 / RFC 3339 timestamp such as
 /// `2026-01-01T00:00:05.554000+00:00`, `2026-01-01 00:00:05Z` or `2026-01-01T00:00:05`
 /// (no offset = UTC). `None` when the text is not such a timestamp.
