@@ -343,6 +343,26 @@ impl Checker<'_> {
                 }
             };
         }
+        if let Some(spec) = map.get("shell") {
+            for key in map.keys() {
+                if !matches!(key.as_str(), Some("field" | "shell")) {
+                    self.problem(
+                        Some(&format!("match.{}", yaml_text(key))),
+                        "unknown key (a shell rule has shell and an optional field)".to_string(),
+                    );
+                    return None;
+                }
+            }
+            let field = self.string(map.get("field"), "match.field", false);
+            let compiled = to_json(spec).and_then(|spec| ttpflow_dataflows::shell::ShellMatch::compile(&spec));
+            return match compiled {
+                Ok(shell) => Some(Matcher::Shell { field: field.filter(|f| !f.is_empty()), shell: Box::new(shell) }),
+                Err(e) => {
+                    self.problem(Some("match"), e);
+                    None
+                }
+            };
+        }
         for key in map.keys() {
             if !matches!(key.as_str(), Some("field" | "pattern")) {
                 self.problem(
@@ -359,7 +379,10 @@ impl Checker<'_> {
                 return None;
             }
             None => {
-                self.problem(Some("match"), "needs a pattern (with an optional field) or a lifter kind".to_string());
+                self.problem(
+                    Some("match"),
+                    "needs a pattern (with an optional field), a shell condition or a lifter kind".to_string(),
+                );
                 return None;
             }
         };

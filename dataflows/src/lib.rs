@@ -44,6 +44,7 @@ pub mod rollup;
 pub mod rules;
 pub mod schedule;
 pub mod shapes;
+pub mod shell;
 pub mod store;
 pub mod tagid;
 #[cfg(test)]

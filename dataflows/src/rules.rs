@@ -18,6 +18,7 @@ use crate::json::Json;
 use crate::predicates::{Extra, Predicate};
 use crate::pyregex::PyRegex;
 use crate::record::{Confidence, Subject, Tag};
+use crate::shell::{simple_commands, ShellMatch, SimpleCommand};
 use crate::tagid::tag_uuid;
 
 /// Tags below this confidence are never stored (DESIGN §2.2).
@@ -44,6 +45,10 @@ pub struct Emit {
 pub enum Matcher {
     /// `match: {field, pattern}`: a Python-semantics regex search on one payload field.
     Regex { field: Option<String>, regex: Box<PyRegex> },
+    /// `match: {shell: {program, wrapper, argument, line, writes, assigns}}`: a condition on
+    /// the simple commands of one payload field, read as a shell reads the line (see
+    /// [`crate::shell`]). Only the project's own rules use it; DECNET's keep raw-line regexes.
+    Shell { field: Option<String>, shell: Box<ShellMatch> },
     /// `match: {kind: "lifter:…", …params}`: a structured predicate, with its parameters.
     Structured { kind: String, params: Json, predicate: Predicate },
 }
@@ -139,7 +144,7 @@ impl RulePack {
             } else if rule.is_evaluated() {
                 let extra = match &rule.matcher {
                     Matcher::Structured { predicate, .. } => predicate.extra_kinds(),
-                    Matcher::Regex { .. } => &[],
+                    Matcher::Regex { .. } | Matcher::Shell { .. } => &[],
                 };
                 for kind in rule.applies_to.iter().map(String::as_str).chain(extra.iter().copied()) {
                     let rules = by_kind.entry(kind.to_string()).or_default();
@@ -169,12 +174,13 @@ impl RulePack {
     /// Appends to `out` the tags the pack's rules emit for `subject`.
     pub fn evaluate(&self, subject: &Subject, out: &mut Vec<Tag>) {
         let Some(indices) = self.by_kind.get(&subject.source_kind) else { return };
+        let mut shell = ShellCache::default();
         for &idx in indices {
             let rule = &self.rules[idx];
             if !rule.state.is_active() {
                 continue;
             }
-            if let Some(extra) = fires(rule, subject) {
+            if let Some(extra) = fires(rule, subject, &mut shell) {
                 self.emit(idx, subject, extra, out);
             }
         }
@@ -238,7 +244,7 @@ impl RulePack {
                 !intel::decide(*provider, &self.intel, payload).is_empty()
             }
             Matcher::Structured { predicate: Predicate::IntelBump { .. }, .. } => self.intel_bump(payload).is_some(),
-            _ => fires(&self.rules[idx], &subject).is_some(),
+            _ => fires(&self.rules[idx], &subject, &mut ShellCache::default()).is_some(),
         }
     }
 
@@ -254,7 +260,7 @@ impl RulePack {
             emits: rule.emits.clone(),
             state: rule.state.clone(),
             evidence_fields: (!owns_evidence).then(|| rule.evidence_fields.clone()),
-            regex: matches!(rule.matcher, Matcher::Regex { .. }),
+            regex: matches!(rule.matcher, Matcher::Regex { .. } | Matcher::Shell { .. }),
             attack_release: self.attack_release.clone(),
         }
     }
@@ -371,7 +377,7 @@ pub struct TagRule {
     state: RuleState,
     /// The rule's evidence fields; `None` when its predicate makes the whole evidence.
     evidence_fields: Option<Vec<String>>,
-    /// Whether the rule is a pattern rule (which adds the kind's auxiliary fields).
+    /// Whether the rule is a pattern or shell rule (which adds the kind's auxiliary fields).
     regex: bool,
     attack_release: String,
 }
@@ -412,7 +418,7 @@ impl Rule {
     /// Whether this build evaluates the rule (structured kinds without a predicate are only kept).
     pub fn is_evaluated(&self) -> bool {
         match &self.matcher {
-            Matcher::Regex { .. } => true,
+            Matcher::Regex { .. } | Matcher::Shell { .. } => true,
             Matcher::Structured { predicate, .. } => predicate.is_evaluated(),
         }
     }
@@ -423,14 +429,38 @@ impl Rule {
     }
 }
 
+/// The simple commands of one field of a subject, read once for all the shell rules of
+/// its kind.
+#[derive(Default)]
+struct ShellCache<'r> {
+    read: Option<(&'r str, Vec<SimpleCommand>)>,
+}
+
+impl<'r> ShellCache<'r> {
+    fn commands(&mut self, field: &'r str, text: &str) -> &[SimpleCommand] {
+        if self.read.as_ref().is_none_or(|(f, _)| *f != field) {
+            self.read = Some((field, simple_commands(text)));
+        }
+        self.read.as_ref().map_or(&[], |(_, commands)| commands.as_slice())
+    }
+}
+
+/// The payload field a pattern or shell rule reads: its own, else the kind's default.
+fn match_field<'r>(field: &'r Option<String>, subject: &Subject) -> Option<&'r str> {
+    field.as_deref().filter(|f| !f.is_empty()).or_else(|| default_match_field(&subject.source_kind))
+}
+
 /// The extra evidence when `rule` fires on `subject`.
-fn fires(rule: &Rule, subject: &Subject) -> Option<Extra> {
+fn fires<'r>(rule: &'r Rule, subject: &Subject, shell_cache: &mut ShellCache<'r>) -> Option<Extra> {
     match &rule.matcher {
         Matcher::Regex { field, regex } => {
-            let field =
-                field.as_deref().filter(|f| !f.is_empty()).or_else(|| default_match_field(&subject.source_kind))?;
-            let haystack = subject.payload.get(field)?.as_str()?;
+            let haystack = subject.payload.get(match_field(field, subject)?)?.as_str()?;
             regex.is_match(haystack).then(Extra::new)
+        }
+        Matcher::Shell { field, shell } => {
+            let field = match_field(field, subject)?;
+            let text = subject.payload.get(field)?.as_str()?;
+            shell.matches(shell_cache.commands(field, text)).then(Extra::new)
         }
         Matcher::Structured { predicate, .. } => predicate.fires(&subject.payload),
     }
@@ -446,7 +476,7 @@ fn evidence(rule: &Rule, subject: &Subject, extra: Extra) -> Json {
     }
     // Only DECNET's regex engine adds the auxiliary fields; its lifters do not.
     let aux = match rule.matcher {
-        Matcher::Regex { .. } => aux_evidence_fields(&subject.source_kind),
+        Matcher::Regex { .. } | Matcher::Shell { .. } => aux_evidence_fields(&subject.source_kind),
         Matcher::Structured { .. } => &[],
     };
     field_evidence(&rule.evidence_fields, aux, subject, extra)

@@ -523,7 +523,7 @@ impl Plan {
     fn compile(pack: Arc<RulePack>) -> Plan {
         let structured = |rule: &crate::rules::Rule| match &rule.matcher {
             Matcher::Structured { kind, params, .. } => Detection::of_kind(kind).map(|d| (d, params.clone())),
-            Matcher::Regex { .. } => None,
+            Matcher::Regex { .. } | Matcher::Shell { .. } => None,
         };
         // R0005 reads its brute force as the pack's brute-force rule defines one.
         let brute = pack.rules().iter().filter_map(structured).find(|(d, _)| *d == Detection::AuthBurst);
@@ -555,7 +555,7 @@ impl Plan {
     fn stateless_fires(&self, rule: &WindowRule, subject: &Subject) -> bool {
         match &self.pack.rules()[rule.idx].matcher {
             Matcher::Structured { predicate, .. } => predicate.fires(&subject.payload).is_some(),
-            Matcher::Regex { .. } => false,
+            Matcher::Regex { .. } | Matcher::Shell { .. } => false,
         }
     }
 

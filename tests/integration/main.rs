@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod common;
+mod detection;
 mod generate;
 mod kafka;
 mod pipeline;

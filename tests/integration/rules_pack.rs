@@ -33,6 +33,7 @@ fn techniques_by_rule(dir: &std::path::Path) -> Vec<(String, String, Technique)>
     for rule in loaded.pack.rules() {
         let kind = match &rule.matcher {
             Matcher::Regex { .. } => "pattern".to_string(),
+            Matcher::Shell { .. } => "shell".to_string(),
             Matcher::Structured { kind, .. } => kind.clone(),
         };
         for emit in &rule.emits {
