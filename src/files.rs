@@ -1,7 +1,9 @@
 //! Embedded input and output: JSONL files in, JSONL files out (DESIGN §1.4, §1.5).
 //!
 //! Inputs are read in the order given, one record per line; a line's offset is its
-//! 0-based index in its file (`-` is standard input); with an artifacts directory, emails
+//! 0-based index in its file (`-` is standard input). A line longer than the record limit
+//! ([`MAX_RECORD_BYTES`]) is skipped to its end as it is read, holding none of it, and
+//! becomes an `oversize` dead letter with its length; with an artifacts directory, emails
 //! get their stored bodies as they are read ([`crate::artifacts`]). Outputs go to a directory:
 //! `tags.jsonl` (one stored tag per line, DECNET's tag fields plus `observed_at`) and
 //! `dead_letters.jsonl` (input, line, topic, reason, detail).
@@ -10,8 +12,9 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use ttpflow_dataflows::decode::MAX_RECORD_BYTES;
 use ttpflow_dataflows::json::write_str;
-use ttpflow_dataflows::record::{DeadLetter, Line, Pos, Tag};
+use ttpflow_dataflows::record::{DeadLetter, Line, LineError, Pos, Tag};
 use ttpflow_dataflows::rollup::RollupRow;
 use ttpflow_dataflows::time::format_rfc3339;
 
@@ -86,16 +89,23 @@ impl LineSource {
                 continue;
             };
             self.buf.clear();
-            let read = reader.read_until(b'\n', &mut self.buf).map_err(|source| FileError::Read {
+            let read = read_bounded_line(reader, &mut self.buf, MAX_RECORD_BYTES).map_err(|source| FileError::Read {
                 path: self.inputs[*input as usize].clone(),
                 line: *offset + 1,
                 source,
             })?;
-            if read == 0 {
-                self.current = None;
-                continue;
-            }
             let pos = Pos { ts: 0, input: *input, offset: *offset };
+            match read {
+                Bounded::End => {
+                    self.current = None;
+                    continue;
+                }
+                Bounded::Oversize { bytes } => {
+                    *offset += 1;
+                    return Ok(Some(Line { pos, topic: None, text: Err(LineError::Oversize { bytes }) }));
+                }
+                Bounded::Line => {}
+            }
             *offset += 1;
             while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
                 self.buf.pop();
@@ -104,7 +114,7 @@ impl LineSource {
                 continue;
             }
             let text = String::from_utf8(std::mem::take(&mut self.buf))
-                .map_err(|e| format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()))
+                .map_err(|e| LineError::InvalidUtf8(format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to())))
                 .map(|text| match &mut self.artifacts {
                     Some(artifacts) => artifacts.fill(text),
                     None => text,
@@ -112,6 +122,62 @@ impl LineSource {
             return Ok(Some(Line { pos, topic: None, text }));
         }
     }
+}
+
+/// What [`read_bounded_line`] read.
+#[derive(Debug, PartialEq, Eq)]
+enum Bounded {
+    /// The input has ended.
+    End,
+    /// A line (its newline included, when it had one) is in the buffer.
+    Line,
+    /// The line was longer than the limit: it was read to its end and dropped; `bytes`
+    /// counts what was read, its line ending included.
+    Oversize { bytes: u64 },
+}
+
+/// Reads one line into `buf` as `read_until` would, but holds at most `limit` bytes (plus a
+/// line ending) of it: the rest of a longer line is consumed from the reader's buffer
+/// without being kept, so memory stays bounded whatever the input (`/dev/zero` included).
+fn read_bounded_line(reader: &mut dyn BufRead, buf: &mut Vec<u8>, limit: usize) -> io::Result<Bounded> {
+    let mut total = 0u64;
+    let mut over = false;
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        total += take as u64;
+        // A line ending may follow the limit: `limit` bytes of record are still a record.
+        if !over && buf.len() + take > limit + 2 {
+            over = true;
+            buf.clear();
+        }
+        if !over {
+            buf.extend_from_slice(&chunk[..take]);
+        }
+        reader.consume(take);
+        if done {
+            break;
+        }
+    }
+    if total == 0 {
+        return Ok(Bounded::End);
+    }
+    let ending = if buf.ends_with(b"\r\n") { 2 } else { usize::from(buf.ends_with(b"\n")) };
+    if over || buf.len() - ending > limit {
+        buf.clear();
+        return Ok(Bounded::Oversize { bytes: total });
+    }
+    Ok(Bounded::Line)
 }
 
 /// A JSONL output file.
@@ -229,4 +295,82 @@ pub fn dead_letter_json(dead: &DeadLetter, inputs: &[PathBuf], out: &mut String)
     out.push_str(",\"detail\":");
     write_str(&dead.detail, out);
     out.push('}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader of `len` bytes of `a` and then one newline, made as it is read.
+    struct Endless {
+        left: u64,
+        chunk: Vec<u8>,
+        newline_sent: bool,
+    }
+
+    impl io::Read for Endless {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            unreachable!("read through BufRead")
+        }
+    }
+
+    impl BufRead for Endless {
+        fn fill_buf(&mut self) -> io::Result<&[u8]> {
+            if self.left > 0 {
+                let n = self.left.min(self.chunk.len() as u64) as usize;
+                Ok(&self.chunk[..n])
+            } else if !self.newline_sent {
+                Ok(b"\n")
+            } else {
+                Ok(&[])
+            }
+        }
+        fn consume(&mut self, amt: usize) {
+            if self.left > 0 {
+                self.left -= amt as u64;
+            } else {
+                self.newline_sent = true;
+            }
+        }
+    }
+
+    fn lines(input: &[u8], limit: usize) -> Vec<(Bounded, Vec<u8>)> {
+        let mut reader = io::Cursor::new(input.to_vec());
+        let mut out = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            let read = read_bounded_line(&mut reader, &mut buf, limit).unwrap();
+            if read == Bounded::End {
+                return out;
+            }
+            out.push((read, buf));
+        }
+    }
+
+    #[test]
+    fn lines_up_to_the_limit_are_read_and_longer_ones_skipped_to_their_end() {
+        let got = lines(b"abcd\nabcde\nab\r\nabcd\r\nabcdef\r\nabc", 4);
+        assert_eq!(
+            got,
+            [
+                (Bounded::Line, b"abcd\n".to_vec()),
+                (Bounded::Oversize { bytes: 6 }, vec![]),
+                (Bounded::Line, b"ab\r\n".to_vec()),
+                (Bounded::Line, b"abcd\r\n".to_vec()),
+                (Bounded::Oversize { bytes: 8 }, vec![]),
+                (Bounded::Line, b"abc".to_vec()),
+            ]
+        );
+        assert_eq!(lines(b"abcdefgh", 4), [(Bounded::Oversize { bytes: 8 }, vec![])]);
+    }
+
+    #[test]
+    fn a_huge_line_is_skipped_in_bounded_memory() {
+        let mut reader = Endless { left: 200 << 20, chunk: vec![b'a'; 1 << 16], newline_sent: false };
+        let mut buf = Vec::new();
+        let read = read_bounded_line(&mut reader, &mut buf, 1 << 20).unwrap();
+        assert_eq!(read, Bounded::Oversize { bytes: (200 << 20) + 1 });
+        assert!(buf.capacity() <= 4 << 20, "held {} bytes", buf.capacity());
+        assert_eq!(read_bounded_line(&mut reader, &mut buf, 1 << 20).unwrap(), Bounded::End);
+    }
 }

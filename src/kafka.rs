@@ -21,7 +21,8 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use ttpflow_dataflows::record::{Line, Pos, Table};
+use ttpflow_dataflows::decode::MAX_RECORD_BYTES;
+use ttpflow_dataflows::record::{Line, LineError, Pos, Table};
 
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
@@ -295,12 +296,19 @@ impl Source {
 /// envelope or a bare payload, with the topic from the record), table records wrapped with
 /// their key.
 pub fn record_line(pos: Pos, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Line {
-    let text = |bytes: &[u8]| std::str::from_utf8(bytes).map(str::to_string).map_err(|e| format!("value: {e}"));
+    // An oversize record is not copied: its length is all the dead letter needs.
+    let size = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
+    if size > MAX_RECORD_BYTES {
+        return Line { pos, topic: Some(topic.to_string()), text: Err(LineError::Oversize { bytes: size as u64 }) };
+    }
+    let text = |bytes: &[u8]| {
+        std::str::from_utf8(bytes).map(str::to_string).map_err(|e| LineError::InvalidUtf8(format!("value: {e}")))
+    };
     let text = if Table::from_topic(topic).is_some() {
         let key = match key.map(std::str::from_utf8) {
             None => Ok(String::from("null")),
             Some(Ok(key)) => Ok(serde_json::Value::String(key.to_string()).to_string()),
-            Some(Err(e)) => Err(format!("key: {e}")),
+            Some(Err(e)) => Err(LineError::InvalidUtf8(format!("key: {e}"))),
         };
         let value = value.map_or(Ok(String::from("null")), text);
         key.and_then(|key| value.map(|value| format!("{{\"key\":{key},\"value\":{value}}}")))
@@ -400,6 +408,6 @@ mod tests {
         assert_eq!(bus.text.unwrap(), "{\"attacker_ip\":\"1.2.3.4\"}");
         assert_eq!(bus.topic.as_deref(), Some("attacker.observed"));
         let bad = record_line(pos, "attacker.observed", None, Some(&[0xff, 0xfe]));
-        assert!(bad.text.unwrap_err().starts_with("value: "));
+        assert!(matches!(bad.text, Err(LineError::InvalidUtf8(ref d)) if d.starts_with("value: ")));
     }
 }

@@ -18,7 +18,7 @@ use differential_dataflow::AsCollection;
 use timely::dataflow::operators::core::OkErr;
 
 use crate::json::Json;
-use crate::record::{AttackerRow, DeadLetter, Event, Line, Reason, Table, TableRow, TableUpdate};
+use crate::record::{AttackerRow, DeadLetter, Event, Line, LineError, Reason, Table, TableRow, TableUpdate};
 use crate::time;
 use crate::types::{Coll, Diff, Scope, Time};
 
@@ -157,6 +157,11 @@ pub fn stage<'s>(lines: Coll<'s, Line>) -> Decodes<'s> {
     }
 }
 
+/// The detail of an `oversize` dead letter.
+pub fn oversize_detail(bytes: u64) -> String {
+    format!("record of {bytes} bytes exceeds {MAX_RECORD_BYTES}")
+}
+
 /// Decodes one record.
 pub fn decode(line: Line) -> Decoded {
     let pos = line.pos;
@@ -165,14 +170,11 @@ pub fn decode(line: Line) -> Decoded {
     };
     let text = match line.text {
         Ok(text) => text,
-        Err(detail) => return dead(line.topic, Reason::InvalidUtf8, detail),
+        Err(LineError::InvalidUtf8(detail)) => return dead(line.topic, Reason::InvalidUtf8, detail),
+        Err(LineError::Oversize { bytes }) => return dead(line.topic, Reason::Oversize, oversize_detail(bytes)),
     };
     if text.len() > MAX_RECORD_BYTES {
-        return dead(
-            line.topic,
-            Reason::Oversize,
-            format!("record of {} bytes exceeds {MAX_RECORD_BYTES}", text.len()),
-        );
+        return dead(line.topic, Reason::Oversize, oversize_detail(text.len() as u64));
     }
     let value = match Json::parse(&text) {
         Ok(v) => v,
@@ -383,7 +385,8 @@ mod tests {
         assert_eq!(reason(r#"{"topic":"attacker.session.ended","payload":[]}"#), Reason::WrongType);
         assert_eq!(reason(r#"{"topic":"decnet.attackers","key":"a","value":{"ip":7}}"#), Reason::WrongType);
         assert_eq!(reason(r#"{"topic":"attacker.fingerprinted","payload":{}}"#), Reason::MissingField);
-        let bad_utf8 = Line { pos: Pos::default(), topic: None, text: Err("invalid utf-8 at byte 3".into()) };
+        let bad_utf8 =
+            Line { pos: Pos::default(), topic: None, text: Err(LineError::InvalidUtf8("invalid utf-8 at byte 3".into())) };
         assert!(matches!(decode(bad_utf8), Decoded::Dead(DeadLetter { reason: Reason::InvalidUtf8, .. })));
     }
 }

@@ -31,8 +31,18 @@ pub struct Line {
     pub pos: Pos,
     /// The Kafka topic the record was read from; `None` for files, where the record names it.
     pub topic: Option<String>,
-    /// `Err` holds the reason when the bytes were not valid UTF-8.
-    pub text: Result<String, String>,
+    /// `Err` when the record's bytes could not be taken as text.
+    pub text: Result<String, LineError>,
+}
+
+/// Why a record's bytes are not text for the decoder.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LineError {
+    /// Not valid UTF-8; the detail says where.
+    InvalidUtf8(String),
+    /// Longer than the record limit: the source skipped it, keeping none of it, and
+    /// `bytes` is how much it read (the whole record, or what came before the input ended).
+    Oversize { bytes: u64 },
 }
 
 /// A decoded bus event.
