@@ -89,10 +89,8 @@ impl LineSource {
                 continue;
             };
             self.buf.clear();
-            let read = read_bounded_line(reader, &mut self.buf, MAX_RECORD_BYTES).map_err(|source| FileError::Read {
-                path: self.inputs[*input as usize].clone(),
-                line: *offset + 1,
-                source,
+            let read = read_bounded_line(reader, &mut self.buf, MAX_RECORD_BYTES).map_err(|source| {
+                FileError::Read { path: self.inputs[*input as usize].clone(), line: *offset + 1, source }
             })?;
             let pos = Pos { ts: 0, input: *input, offset: *offset };
             match read {

@@ -385,8 +385,11 @@ mod tests {
         assert_eq!(reason(r#"{"topic":"attacker.session.ended","payload":[]}"#), Reason::WrongType);
         assert_eq!(reason(r#"{"topic":"decnet.attackers","key":"a","value":{"ip":7}}"#), Reason::WrongType);
         assert_eq!(reason(r#"{"topic":"attacker.fingerprinted","payload":{}}"#), Reason::MissingField);
-        let bad_utf8 =
-            Line { pos: Pos::default(), topic: None, text: Err(LineError::InvalidUtf8("invalid utf-8 at byte 3".into())) };
+        let bad_utf8 = Line {
+            pos: Pos::default(),
+            topic: None,
+            text: Err(LineError::InvalidUtf8("invalid utf-8 at byte 3".into())),
+        };
         assert!(matches!(decode(bad_utf8), Decoded::Dead(DeadLetter { reason: Reason::InvalidUtf8, .. })));
     }
 }

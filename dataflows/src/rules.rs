@@ -8,7 +8,7 @@
 //! `uid`/`user`/`src`/`pwd` on commands; confidence clipped by the rule state; tags under
 //! the 0.3 floor are dropped (0.3 is kept).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -105,7 +105,7 @@ pub struct Rule {
 pub struct RulePack {
     rules: Vec<Rule>,
     attack_release: String,
-    by_kind: BTreeMap<String, Vec<usize>>,
+    by_kind: BTreeMap<String, KindRules>,
     /// Rules judged on intel rows (the provider rules and R0058's bump).
     intel_rules: Vec<usize>,
     /// The intel providers' mapping tables.
@@ -136,7 +136,7 @@ fn aux_evidence_fields(source_kind: &str) -> &'static [&'static str] {
 
 impl RulePack {
     pub fn new(rules: Vec<Rule>, attack_release: impl Into<String>) -> RulePack {
-        let mut by_kind: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut by_kind: BTreeMap<String, KindRules> = BTreeMap::new();
         let mut intel_rules = Vec::new();
         for (idx, rule) in rules.iter().enumerate() {
             if rule.reads_intel_rows() {
@@ -147,10 +147,7 @@ impl RulePack {
                     Matcher::Regex { .. } | Matcher::Shell { .. } => &[],
                 };
                 for kind in rule.applies_to.iter().map(String::as_str).chain(extra.iter().copied()) {
-                    let rules = by_kind.entry(kind.to_string()).or_default();
-                    if !rules.contains(&idx) {
-                        rules.push(idx);
-                    }
+                    by_kind.entry(kind.to_string()).or_default().add(kind, idx, rule);
                 }
             }
         }
@@ -173,9 +170,9 @@ impl RulePack {
 
     /// Appends to `out` the tags the pack's rules emit for `subject`.
     pub fn evaluate(&self, subject: &Subject, out: &mut Vec<Tag>) {
-        let Some(indices) = self.by_kind.get(&subject.source_kind) else { return };
+        let Some(kind_rules) = self.by_kind.get(&subject.source_kind) else { return };
         let mut shell = ShellCache::default();
-        for &idx in indices {
+        for idx in kind_rules.candidates(subject, &mut shell) {
             let rule = &self.rules[idx];
             if !rule.state.is_active() {
                 continue;
@@ -426,6 +423,68 @@ impl Rule {
     /// Whether the rule is judged on intel rows rather than on subjects.
     pub fn reads_intel_rows(&self) -> bool {
         matches!(&self.matcher, Matcher::Structured { predicate, .. } if predicate.reads_intel_rows())
+    }
+}
+
+/// The evaluated rules of one source kind. Shell rules that need one of a list of programs
+/// on the kind's default field are indexed by those programs, so that a subject only runs
+/// the rules its commands' programs can satisfy (a command line's programs are few, a
+/// pack's shell rules many); every other rule runs on every subject.
+#[derive(Clone, Debug, Default)]
+struct KindRules {
+    unindexed: Vec<usize>,
+    by_program: HashMap<String, Vec<usize>>,
+    /// Whether any rule is indexed (then subjects' commands are read to find candidates).
+    indexed: bool,
+}
+
+impl KindRules {
+    fn add(&mut self, kind: &str, idx: usize, rule: &Rule) {
+        let programs = match &rule.matcher {
+            Matcher::Shell { field, shell }
+                if field.as_deref().is_none_or(|f| Some(f) == default_match_field(kind)) =>
+            {
+                shell.required_programs()
+            }
+            _ => None,
+        };
+        match programs {
+            Some(mut programs) => {
+                self.indexed = true;
+                programs.sort_unstable();
+                programs.dedup();
+                for program in programs {
+                    push_once(self.by_program.entry(program.to_string()).or_default(), idx);
+                }
+            }
+            None => push_once(&mut self.unindexed, idx),
+        }
+    }
+
+    /// The rules to run on `subject`, in pack order.
+    fn candidates(&self, subject: &Subject, shell: &mut ShellCache<'_>) -> Vec<usize> {
+        if !self.indexed {
+            return self.unindexed.clone();
+        }
+        let mut out = self.unindexed.clone();
+        if let Some(field) = default_match_field(&subject.source_kind) {
+            if let Some(text) = subject.payload.get(field).and_then(Json::as_str) {
+                for command in shell.commands(field, text) {
+                    if let Some(rules) = self.by_program.get(command.program.as_str()) {
+                        out.extend_from_slice(rules);
+                    }
+                }
+                out.sort_unstable();
+                out.dedup();
+            }
+        }
+        out
+    }
+}
+
+fn push_once(list: &mut Vec<usize>, idx: usize) {
+    if !list.contains(&idx) {
+        list.push(idx);
     }
 }
 

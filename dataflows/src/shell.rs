@@ -46,18 +46,8 @@ pub struct SimpleCommand {
     pub writes: Vec<String>,
     /// Variable assignments (`NAME=value`) before the program or wrappers.
     pub assigns: Vec<String>,
-}
-
-impl SimpleCommand {
     /// The command as `program arg1 arg2 …`, single spaces, quotes removed.
-    pub fn line(&self) -> String {
-        let mut out = self.program.clone();
-        for arg in &self.args {
-            out.push(' ');
-            out.push_str(arg);
-        }
-        out
-    }
+    pub line: String,
 }
 
 /// The simple commands of `line`, outer ones first, each followed by those nested in it.
@@ -612,13 +602,12 @@ fn finish(raw: Raw) -> (Option<SimpleCommand>, Option<String>) {
         command.assigns.push(word.clone());
         words = &words[1..];
     }
-    loop {
-        let Some(first) = words.first() else { break };
+    // `busybox sh -c …`, `busybox rm …`: the applet is the program.
+    while let Some(first) = words.first() {
         let name = basename(first);
         let Some(next) = skip_wrapper(name, words, &mut command.assigns) else { break };
         command.wrappers.push(name.to_string());
         words = &words[next..];
-        // `busybox sh -c …`, `busybox rm …`: the applet is the program.
     }
     if let Some((first, rest)) = words.split_first() {
         command.program = basename(first).to_string();
@@ -628,6 +617,11 @@ fn finish(raw: Raw) -> (Option<SimpleCommand>, Option<String>) {
     if command.program.is_empty() && command.assigns.is_empty() && command.args.is_empty() && command.writes.is_empty()
     {
         return (None, None);
+    }
+    command.line = command.program.clone();
+    for arg in &command.args {
+        command.line.push(' ');
+        command.line.push_str(arg);
     }
     let inner = nested_line(&command);
     (Some(command), inner)
@@ -658,10 +652,13 @@ pub struct ShellMatch {
     line: Option<PyRegex>,
     writes: Option<PyRegex>,
     assigns: Option<PyRegex>,
+    /// A condition the same simple command must not satisfy (exclusions without look-around,
+    /// so that the patterns stay on the linear-time engine).
+    not: Option<Box<ShellMatch>>,
 }
 
 /// The keys of a `shell` match.
-pub const SHELL_KEYS: &[&str] = &["program", "wrapper", "argument", "line", "writes", "assigns"];
+pub const SHELL_KEYS: &[&str] = &["program", "wrapper", "argument", "line", "writes", "assigns", "not"];
 
 impl ShellMatch {
     /// Compiles the mapping under `shell:`. Errors name the key: `shell.argument: …`.
@@ -676,6 +673,7 @@ impl ShellMatch {
             line: None,
             writes: None,
             assigns: None,
+            not: None,
         };
         for (key, value) in fields {
             match key.as_str() {
@@ -685,6 +683,10 @@ impl ShellMatch {
                 "line" => m.line = Some(pattern(key, value)?),
                 "writes" => m.writes = Some(pattern(key, value)?),
                 "assigns" => m.assigns = Some(pattern(key, value)?),
+                "not" => {
+                    let not = ShellMatch::compile(value).map_err(|e| format!("shell.not{}", &e["shell".len()..]))?;
+                    m.not = Some(Box::new(not));
+                }
                 other => return Err(format!("shell.{other}: unknown key (expected one of {})", SHELL_KEYS.join(", "))),
             }
         }
@@ -705,7 +707,23 @@ impl ShellMatch {
             && self.argument.as_ref().is_none_or(|r| c.args.iter().any(|a| r.is_match(a)))
             && self.writes.as_ref().is_none_or(|r| c.writes.iter().any(|w| r.is_match(w)))
             && self.assigns.as_ref().is_none_or(|r| c.assigns.iter().any(|a| r.is_match(a)))
-            && self.line.as_ref().is_none_or(|r| r.is_match(&c.line()))
+            && self.line.as_ref().is_none_or(|r| r.is_match(&c.line))
+            && self.not.as_ref().is_none_or(|not| !not.matches_one(c))
+    }
+
+    /// The programs one of which a simple command must have for the match to hold, when
+    /// they are exact names: the key under which a pack indexes the rule.
+    pub fn required_programs(&self) -> Option<Vec<&str>> {
+        if self.programs.is_empty() {
+            return None;
+        }
+        self.programs
+            .iter()
+            .map(|n| match n {
+                Name::Exact(name) => Some(name.as_str()),
+                Name::Prefix(_) => None,
+            })
+            .collect()
     }
 }
 
@@ -804,7 +822,7 @@ mod tests {
     #[test]
     fn quotes_and_escapes_are_removed() {
         assert_eq!(one(r#"echo 'a b' "c $HOME \"d\"" e\ f $'g\x41\n'"#).args, ["a b", "c $HOME \"d\"", "e f", "gA\n"]);
-        assert_eq!(one(r#"c"a"t /etc/pas's'wd"#).line(), "cat /etc/passwd");
+        assert_eq!(one(r#"c"a"t /etc/pas's'wd"#).line, "cat /etc/passwd");
         assert_eq!(one("echo ''").args, [""]);
     }
 
@@ -877,6 +895,10 @@ mod tests {
         assert!(m.matches(&simple_commands("export X=1; HISTFILE=/dev/null")));
         let m = shell(r#"{"line":"^sysctl -w kernel\\.randomize_va_space=0"}"#);
         assert!(m.matches(&simple_commands("sudo sysctl -w kernel.randomize_va_space=0")));
+        let m = shell(r#"{"program":["rm"],"argument":"^/var/log/","not":{"argument":"\\.gz$"}}"#);
+        assert!(m.matches(&simple_commands("rm -f /var/log/auth.log")));
+        assert!(!m.matches(&simple_commands("rm -f /var/log/auth.log.1.gz")));
+        assert!(m.matches(&simple_commands("rm /var/log/a.gz; rm /var/log/b")), "each command is judged alone");
     }
 
     #[test]
@@ -888,5 +910,6 @@ mod tests {
         assert!(err(r#"{"program":[""]}"#).starts_with("shell.program: names must be"));
         assert!(err("{}").starts_with("shell: needs at least one"));
         assert!(err("[1]").starts_with("shell: must be a mapping"));
+        assert!(err(r#"{"program":["rm"],"not":{"lines":"x"}}"#).starts_with("shell.not.lines: unknown key"));
     }
 }
