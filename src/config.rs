@@ -190,24 +190,94 @@ fn is_secret_property(key: &str) -> bool {
     key.contains("password") || key.contains("secret") || key.ends_with(".key.pem") || key == "sasl.oauthbearer.config"
 }
 
-/// A connection string with its password replaced: `postgres://u:pw@h/db` and
-/// `password=pw` forms.
+const MASK: &str = "********";
+
+/// Whether a connection parameter holds a secret (`password`, `sslpassword`, …).
+fn is_secret_parameter(key: &str) -> bool {
+    key.to_ascii_lowercase().contains("password")
+}
+
+/// A connection string with every secret replaced, in each form libpq accepts: a URL's
+/// userinfo password (`postgres://u:pw@h/db`) and `password=` query parameters, and the
+/// key/value form with optional spaces around `=` and single-quoted values
+/// (`password = 'a b\'c'`), which is rewritten as `key=value` pairs.
 pub fn mask_connection_string(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:********@{host}");
+    match url.split_once("://") {
+        Some((scheme, rest)) => mask_url(scheme, rest),
+        None => mask_key_values(url),
+    }
+}
+
+fn mask_url(scheme: &str, rest: &str) -> String {
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let mut out = format!("{scheme}://");
+    match before_query.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = (&before_query[..at], &before_query[at..]);
+            match userinfo.split_once(':') {
+                Some((user, _)) => out.push_str(&format!("{user}:{MASK}")),
+                None => out.push_str(userinfo),
+            }
+            out.push_str(host);
+        }
+        None => out.push_str(before_query),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if is_secret_parameter(key) => format!("{key}={MASK}"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+/// The key/value form read as libpq reads it: `key = value` pairs separated by spaces, a
+/// value single-quoted with `\'` and `\\` escapes or bare up to the next space.
+fn mask_key_values(text: &str) -> String {
+    let mut pairs = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        if key.is_empty() && chars.peek().is_none() {
+            break;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next_if_eq(&'=').is_none() {
+            // Not a pair: keep the word as it was, but never let a secret through.
+            pairs.push(if is_secret_parameter(&key) { MASK.to_string() } else { key });
+            continue;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '\'' => break,
+                    '\\' => value.extend(chars.next()),
+                    _ => value.push(c),
+                }
+            }
+            value = format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"));
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                value.push(c);
             }
         }
-        return url.to_string();
+        pairs.push(if is_secret_parameter(&key) { format!("{key}={MASK}") } else { format!("{key}={value}") });
     }
-    url.split_whitespace()
-        .map(|pair| match pair.split_once('=') {
-            Some(("password", _)) => String::from("password=********"),
-            _ => pair.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    pairs.join(" ")
 }
 
 #[cfg(test)]
@@ -265,5 +335,41 @@ mod tests {
         assert_eq!(mask_connection_string("postgres://u:pw@h:5432/db"), "postgres://u:********@h:5432/db");
         assert_eq!(mask_connection_string("host=/tmp user=u password=pw"), "host=/tmp user=u password=********");
         assert_eq!(mask_connection_string("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            mask_connection_string("postgresql://u@h/a?sslmode=disable&password=S3cretQ"),
+            "postgresql://u@h/a?sslmode=disable&password=********"
+        );
+        assert_eq!(
+            mask_connection_string("host=h  password = 'S3cret words\\' more'  user='a b'"),
+            "host=h password=******** user='a b'"
+        );
+    }
+
+    /// Every credential form the connecting parser (the `postgres` crate's, as libpq's)
+    /// accepts: the parser finds the password in the original and none in the masked string.
+    #[test]
+    fn masking_hides_every_password_the_connecting_parser_reads() {
+        let forms = [
+            "postgres://u:S3cretA@h:5432/db",
+            "postgresql://u:S3cretB@h/db?sslmode=disable",
+            "postgres://u@h/db?password=S3cretQ",
+            "postgres://u@h/db?application_name=x&password=S3cretQ&connect_timeout=5",
+            "host=h user=u password=S3cretKV",
+            "host=h user=u password = S3cretSp",
+            "host=h password='S3cret words' user=u",
+            "host=h password = 'S3cret \\'quoted\\' \\\\ words' dbname=d",
+            "password=S3cretFirst host=h",
+        ];
+        for form in forms {
+            let parsed: postgres::Config = form.parse().unwrap_or_else(|e| panic!("{form}: {e}"));
+            let secret = String::from_utf8(parsed.get_password().expect("a password").to_vec()).unwrap();
+            assert!(secret.starts_with("S3cret"), "{form}: {secret}");
+            let masked = mask_connection_string(form);
+            assert!(!masked.contains("S3cret"), "{form} -> {masked}");
+            let reparsed: postgres::Config = masked.parse().unwrap_or_else(|e| panic!("{masked}: {e}"));
+            assert_eq!(reparsed.get_password(), Some(MASK.as_bytes()), "{masked}");
+            assert_eq!(reparsed.get_hosts(), parsed.get_hosts(), "{masked}");
+            assert_eq!(reparsed.get_user(), parsed.get_user(), "{masked}");
+        }
     }
 }

@@ -101,6 +101,11 @@ pub fn is_rule_file_name(name: &str) -> bool {
     stem.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
 }
 
+/// Whether a file name looks like a rule file (YAML, not hidden) that the loader would not read.
+fn is_misnamed_rule_file(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")) && !is_rule_file_name(name)
+}
+
 /// Loads and validates every rule file of `dir`.
 pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedPack, LoadError> {
     let (loaded, problems) = load_valid(dir, options)?;
@@ -119,10 +124,23 @@ pub fn load_valid(dir: &Path, options: &LoadOptions) -> Result<(LoadedPack, Vec<
         .map(|entry| entry.map(|e| e.path()))
         .collect::<Result<_, _>>()
         .map_err(read_dir)?;
-    paths.retain(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(is_rule_file_name));
     paths.sort();
-
     let mut problems = Vec::new();
+    // A YAML file the pack would not read is an error rather than a silent gap in it;
+    // hidden files (editors' locks and swaps) and other names are not the pack's.
+    for path in &paths {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        if path.is_file() && is_misnamed_rule_file(name) {
+            problems.push(Problem {
+                file: name.to_string(),
+                rule: None,
+                field: None,
+                message: "file name must be letters, digits and _ before .yaml or .yml (e.g. TF0100.yaml)".to_string(),
+            });
+        }
+    }
+    paths.retain(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(is_rule_file_name));
+
     let mut rules = Vec::new();
     let mut files = Vec::new();
     let mut examples = Vec::new();
@@ -606,6 +624,12 @@ mod tests {
         }
         for bad in [".R0001.yaml.swp", "R0001.yaml~", "4913", "R-1.yaml", ".yaml"] {
             assert!(!is_rule_file_name(bad), "{bad}");
+        }
+        for misnamed in ["TF-0100.yaml", "R 1.yml", "r.1.yaml"] {
+            assert!(is_misnamed_rule_file(misnamed), "{misnamed}");
+        }
+        for other in [".R0001.yaml", ".#R0001.yaml", "R0001.yaml~", "README.md", "R0001.yaml"] {
+            assert!(!is_misnamed_rule_file(other), "{other}");
         }
     }
 }

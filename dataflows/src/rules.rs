@@ -151,6 +151,9 @@ impl RulePack {
                 }
             }
         }
+        for kind_rules in by_kind.values_mut() {
+            kind_rules.finish();
+        }
         RulePack { rules, attack_release: attack_release.into(), by_kind, intel_rules, intel: Arc::default() }
     }
 
@@ -426,58 +429,105 @@ impl Rule {
     }
 }
 
-/// The evaluated rules of one source kind. Shell rules that need one of a list of programs
-/// on the kind's default field are indexed by those programs, so that a subject only runs
-/// the rules its commands' programs can satisfy (a command line's programs are few, a
-/// pack's shell rules many); every other rule runs on every subject.
+/// The evaluated rules of one source kind, indexed so that a subject runs only the rules
+/// that can fire on it, in pack order:
+/// * pattern rules on the kind's default field whose patterns run on the `regex` crate form
+///   one `RegexSet` of those same translations, so one pass over the text finds the ones
+///   that match (exact for texts without a final `\n`; a text with one runs them all);
+/// * shell rules that need one of a list of programs on the default field are found by the
+///   programs of the subject's commands (a line's programs are few, a pack's shell rules
+///   many);
+/// * every other rule runs on every subject.
 #[derive(Clone, Debug, Default)]
 struct KindRules {
     unindexed: Vec<usize>,
     by_program: HashMap<String, Vec<usize>>,
-    /// Whether any rule is indexed (then subjects' commands are read to find candidates).
+    /// Whether any rule is indexed by program (then subjects' commands are read).
     indexed: bool,
+    patterns: Option<PatternSet>,
+    pending_patterns: Vec<(usize, String)>,
+}
+
+/// The lazy DFA cache of a kind's pattern set.
+const PATTERN_SET_DFA_BYTES: usize = 64 << 20;
+
+/// Pattern rules as one set: set index → rule index.
+#[derive(Clone, Debug)]
+struct PatternSet {
+    set: regex::RegexSet,
+    rules: Vec<usize>,
 }
 
 impl KindRules {
     fn add(&mut self, kind: &str, idx: usize, rule: &Rule) {
-        let programs = match &rule.matcher {
-            Matcher::Shell { field, shell }
-                if field.as_deref().is_none_or(|f| Some(f) == default_match_field(kind)) =>
-            {
-                shell.required_programs()
-            }
-            _ => None,
+        let on_default = |field: &Option<String>| {
+            field.as_deref().filter(|f| !f.is_empty()).is_none_or(|f| Some(f) == default_match_field(kind))
         };
-        match programs {
-            Some(mut programs) => {
+        match &rule.matcher {
+            Matcher::Regex { field, regex } if on_default(field) && regex.plain_translation().is_some() => {
+                if !self.pending_patterns.iter().any(|(i, _)| *i == idx) {
+                    let translation = regex.plain_translation().unwrap_or_default().to_string();
+                    self.pending_patterns.push((idx, translation));
+                }
+            }
+            Matcher::Shell { field, shell } if on_default(field) && shell.required_programs().is_some() => {
                 self.indexed = true;
+                let mut programs = shell.required_programs().unwrap_or_default();
                 programs.sort_unstable();
                 programs.dedup();
                 for program in programs {
                     push_once(self.by_program.entry(program.to_string()).or_default(), idx);
                 }
             }
-            None => push_once(&mut self.unindexed, idx),
+            _ => push_once(&mut self.unindexed, idx),
+        }
+    }
+
+    /// Compiles the pattern set once every rule is added; a set too large to build leaves
+    /// its rules to run one by one.
+    fn finish(&mut self) {
+        let pending = std::mem::take(&mut self.pending_patterns);
+        if pending.is_empty() {
+            return;
+        }
+        // The set's lazy DFA needs room for the states of many patterns at once; with the
+        // default cache it gives up and falls back to a slower engine.
+        let set = regex::RegexSetBuilder::new(pending.iter().map(|(_, t)| t.as_str()))
+            .dfa_size_limit(PATTERN_SET_DFA_BYTES)
+            .build();
+        match set {
+            Ok(set) => self.patterns = Some(PatternSet { set, rules: pending.into_iter().map(|(i, _)| i).collect() }),
+            Err(_) => {
+                self.unindexed.extend(pending.into_iter().map(|(i, _)| i));
+                self.unindexed.sort_unstable();
+            }
         }
     }
 
     /// The rules to run on `subject`, in pack order.
     fn candidates(&self, subject: &Subject, shell: &mut ShellCache<'_>) -> Vec<usize> {
-        if !self.indexed {
-            return self.unindexed.clone();
-        }
         let mut out = self.unindexed.clone();
-        if let Some(field) = default_match_field(&subject.source_kind) {
-            if let Some(text) = subject.payload.get(field).and_then(Json::as_str) {
-                for command in shell.commands(field, text) {
-                    if let Some(rules) = self.by_program.get(command.program.as_str()) {
-                        out.extend_from_slice(rules);
-                    }
-                }
-                out.sort_unstable();
-                out.dedup();
+        if self.patterns.is_none() && !self.indexed {
+            return out;
+        }
+        let Some(field) = default_match_field(&subject.source_kind) else { return out };
+        let Some(text) = subject.payload.get(field).and_then(Json::as_str) else { return out };
+        if let Some(patterns) = &self.patterns {
+            if text.ends_with('\n') {
+                out.extend_from_slice(&patterns.rules);
+            } else {
+                out.extend(patterns.set.matches(text).iter().map(|i| patterns.rules[i]));
             }
         }
+        if self.indexed {
+            for command in shell.commands(field, text) {
+                if let Some(rules) = self.by_program.get(command.program.as_str()) {
+                    out.extend_from_slice(rules);
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
         out
     }
 }

@@ -143,6 +143,42 @@ fn workers_do_not_change_the_output() {
 }
 
 #[test]
+fn a_line_far_over_the_limit_on_standard_input_is_skipped_to_its_end() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = tiny_pack(dir.path());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ttpflow"))
+        .args(["run", "--rules"])
+        .arg(&rules)
+        .args(["--input", "-", "--out"])
+        .arg(dir.path().join("out"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ttpflow runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        writeln!(stdin, "{ATTACKER}").unwrap();
+        // 64 MiB of one line, written in pieces: the reader never holds more than the limit.
+        let piece = vec![b'a'; 1 << 20];
+        for _ in 0..64 {
+            stdin.write_all(&piece).unwrap();
+        }
+        writeln!(stdin).unwrap();
+        writeln!(stdin, "{SESSION}").unwrap();
+    });
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let (_, dead) = common::read_jsonl(&dir.path().join("out/dead_letters.jsonl"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!((dead[0]["line"].as_u64(), dead[0]["reason"].as_str()), (Some(2), Some("oversize")));
+    assert_eq!(dead[0]["detail"], format!("record of {} bytes exceeds {}", (64 << 20) + 1, 4 << 20));
+    let (_, tags) = common::read_jsonl(&dir.path().join("out/tags.jsonl"));
+    assert_eq!(tags.len(), 2, "the session after the long line is tagged");
+}
+
+#[test]
 fn the_bundled_example_runs_from_the_command_line() {
     let out_dir = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ttpflow"))

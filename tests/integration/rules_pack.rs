@@ -114,9 +114,15 @@ const BROKEN_PACK: &[(&str, &str)] = &[
         "rule_id: A0009\nrule_version: 1\nname: i\napplies_to: [session]\nmatch: {kind: 'lifter:not_in_this_build', threshold: 3}\nemits:\n  - {tactic: TA0011, technique_id: T1071, confidence: 0.7}\ntests:\n  match: [{x: 1}]\n  no_match: [{x: 0}]\n",
     ),
     (".A0010.yaml.swp", "ignored: true\n"),
+    ("A-0012.yaml", "rule_id: A0012\n"),
+    (
+        "A0013.yaml",
+        "rule_id: A0013\nrule_version: 1\nname: m\napplies_to: [command]\nmatch: {shell: {programm: [cat]}}\nemits:\n  - {tactic: TA0007, technique_id: T1082, confidence: 0.5}\n",
+    ),
 ];
 
-const BROKEN_PACK_REPORT: &str = r#"error: A0001.yaml: not valid YAML: did not find expected ',' or ']' at line 3 column 1, while parsing a flow sequence at line 2 column 7
+const BROKEN_PACK_REPORT: &str = r#"error: A-0012.yaml: file name must be letters, digits and _ before .yaml or .yml (e.g. TF0100.yaml)
+error: A0001.yaml: not valid YAML: did not find expected ',' or ']' at line 3 column 1, while parsing a flow sequence at line 2 column 7
 error: A0002.yaml: rule "A0002": field "evidence_feilds": unknown key
 error: A0003.yaml: rule "A0003": field "match": parameter "catalogues" must be a list of strings, got string
 error: A0004.yaml: rule "A0004": field "match.pattern": pattern does not compile: regex parse error: (unclosed error: unclosed group
@@ -126,8 +132,9 @@ fail: A0007.yaml: rule "A0007": example should match but does not: {"command_tex
 fail: A0007.yaml: rule "A0007": example should not match but does: {"command_text":"wget -q http://x/b"}
 fail: A0008.yaml: rule "A0008": example should match but does not: {"navigator_webdriver":"yes"}
 fail: A0008.yaml: rule "A0008": example should not match but does: {"navigator_webdriver":true,"ua_signature":"HeadlessChrome"}
+error: A0013.yaml: rule "A0013": field "match": shell.programm: unknown key (expected one of program, wrapper, argument, line, writes, assigns, not)
 4 valid rules; 5 examples passed, 4 failed, 2 not evaluated (lifter kinds this build does not evaluate)
-6 problem(s); the pack does not load
+8 problem(s); the pack does not load
 "#;
 
 #[test]
