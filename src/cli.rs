@@ -15,6 +15,7 @@ use crate::rules::{self, LoadOptions, LoadedPack, Problem};
 use crate::runtime::{self, RunOptions};
 use crate::stage_times::StageTimes;
 use crate::stream;
+use ttpflow_dataflows::rules::Rule;
 
 #[derive(Debug, Parser)]
 #[command(name = "ttpflow", version, about = "Honeypot fleet events to MITRE ATT&CK technique tags")]
@@ -521,14 +522,61 @@ pub struct CheckReport {
     pub failures: Vec<Problem>,
     /// Examples of rules whose `lifter:*` kind this build loads but does not evaluate.
     pub not_evaluated: usize,
+    /// Patterns that need the backtracking engine (notes), and the probes on which they ran
+    /// out of their budget (warnings): `(file, line)`.
+    pub backtracking: Vec<(String, String)>,
+}
+
+/// Texts on which a backtracking pattern may blow up: long runs of one or two characters,
+/// with and without a different last one, each within the text budget.
+fn pathological_probes() -> Vec<(String, String)> {
+    let n = ttpflow_dataflows::pyregex::BACKTRACKING_TEXT_BYTES - 16;
+    vec![
+        (format!("{n} × \"a\""), "a".repeat(n)),
+        (format!("{} × \"a\" then \"!\"", n - 1), "a".repeat(n - 1) + "!"),
+        (format!("{} × \"ab\"", n / 2), "ab".repeat(n / 2)),
+        (format!("{n} × \" \""), " ".repeat(n)),
+        (format!("{} × \"é\"", n / 2), "é".repeat(n / 2)),
+    ]
+}
+
+/// The notes and warnings about `rule`'s backtracking patterns.
+fn backtracking_report(rule: &Rule, file: &str, probes: &[(String, String)], out: &mut Vec<(String, String)>) {
+    use ttpflow_dataflows::pyregex::{Search, BACKTRACKING_STEPS, BACKTRACKING_TEXT_BYTES};
+    for pattern in rule.backtracking_patterns() {
+        out.push((
+            file.to_string(),
+            format!(
+                "note: {file}: rule \"{}\": pattern {:?} needs the backtracking engine (look-around or a \
+                 backreference): it judges texts of up to {BACKTRACKING_TEXT_BYTES} bytes within \
+                 {BACKTRACKING_STEPS} steps, and a text it cannot judge is a dead letter rule_budget_exceeded",
+                rule.rule_id,
+                pattern.as_str()
+            ),
+        ));
+        for (name, probe) in probes {
+            if pattern.search(probe) == Search::OverBudget {
+                out.push((
+                    file.to_string(),
+                    format!(
+                        "warn: {file}: rule \"{}\": pattern {:?} runs out of its budget on a probe of {name}",
+                        rule.rule_id,
+                        pattern.as_str()
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// Runs every rule's embedded examples, regex and structured rules alike, each example
 /// as a payload of the rule's first `applies_to` kind.
 pub fn run_examples(loaded: &LoadedPack) -> CheckReport {
     let mut report = CheckReport::default();
+    let probes = pathological_probes();
     for (idx, rule) in loaded.pack.rules().iter().enumerate() {
         let examples = &loaded.examples[idx];
+        backtracking_report(rule, &loaded.files[idx], &probes, &mut report.backtracking);
         if !rule.is_evaluated() {
             report.not_evaluated += examples.must_match.len() + examples.must_not_match.len();
             continue;
@@ -564,6 +612,7 @@ fn check(dir: &Path, intel_dir: Option<&Path>) -> Result<ExitCode, BoxError> {
     let report = run_examples(&loaded);
     let mut lines: Vec<(&str, String)> = problems.iter().map(|p| (p.file.as_str(), format!("error: {p}"))).collect();
     lines.extend(report.failures.iter().map(|f| (f.file.as_str(), format!("fail: {f}"))));
+    lines.extend(report.backtracking.iter().map(|(file, line)| (file.as_str(), line.clone())));
     // Stable: within a file, load problems first, then examples in rule order.
     lines.sort_by(|a, b| a.0.cmp(b.0));
     for (_, line) in &lines {

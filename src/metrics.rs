@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use ttpflow_dataflows::record::Reason;
+use ttpflow_dataflows::record::{DeadLetter, Reason};
 
 /// Upper bounds, in seconds, of the commit-latency buckets: 1 ms to 10 s.
 pub const COMMIT_BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -201,15 +201,45 @@ struct Families {
     epochs: Family,
     lag: Family,
     sink_retries: Family,
+    rule_budget: Family,
     commit: Histogram,
     latency: Histogram,
 }
 
 impl Families {
-    fn plain(&self) -> [&Family; 8] {
-        let Families { records_in, tags_stored, published, dead_letters, pending, epochs, lag, sink_retries, .. } =
-            self;
-        [records_in, tags_stored, published, dead_letters, pending, epochs, lag, sink_retries]
+    fn plain(&self) -> [&Family; 9] {
+        let Families {
+            records_in,
+            tags_stored,
+            published,
+            dead_letters,
+            pending,
+            epochs,
+            lag,
+            sink_retries,
+            rule_budget,
+            ..
+        } = self;
+        [records_in, tags_stored, published, dead_letters, pending, epochs, lag, sink_retries, rule_budget]
+    }
+}
+
+/// Logs, once per rule, that a rule could not judge a subject within its pattern budget
+/// (the subjects themselves are `rule_budget_exceeded` dead letters).
+#[derive(Debug, Default)]
+pub struct BudgetWarnings(std::collections::BTreeSet<String>);
+
+impl BudgetWarnings {
+    pub fn note(&mut self, dead: &DeadLetter) {
+        if let Some(rule) = dead.budget_rule() {
+            if self.0.insert(rule.to_string()) {
+                tracing::warn!(
+                    rule,
+                    "a rule could not judge a subject within its pattern budget; each such subject is a \
+                     rule_budget_exceeded dead letter (logged once per rule)"
+                );
+            }
+        }
     }
 }
 
@@ -255,6 +285,12 @@ impl Metrics {
                 &["topic", "partition"],
             ),
             sink_retries,
+            rule_budget: Family::new(
+                "ttpflow_rule_budget_exceeded_total",
+                "Subjects a rule could not judge within its pattern budget, by rule.",
+                "counter",
+                &["rule"],
+            ),
             commit: Histogram {
                 name: "ttpflow_epoch_commit_seconds",
                 help: "Time of one epoch's commit.",
@@ -293,6 +329,15 @@ impl Metrics {
 
     pub fn dead_letter(&self, reason: Reason, n: u64) {
         self.lock().dead_letters.add(vec![Value::text(reason.as_str())], n);
+    }
+
+    /// Counts a dead letter: by reason, and by rule when a rule ran out of its budget.
+    pub fn dead_letter_of(&self, dead: &DeadLetter) {
+        let mut families = self.lock();
+        families.dead_letters.add(vec![Value::text(dead.reason.as_str())], 1);
+        if let Some(rule) = dead.budget_rule() {
+            families.rule_budget.add(vec![Value::text(rule)], 1);
+        }
     }
 
     pub fn set_pending(&self, n: u64) {
@@ -544,6 +589,15 @@ mod tests {
         metrics.set_lag("events", 1, 9);
         metrics.remove_lag("events", 1);
         metrics.sink_retry(Sink::Postgres, 1);
+        let unjudged = |rule: &str| DeadLetter {
+            pos: Default::default(),
+            topic: None,
+            reason: Reason::RuleBudgetExceeded,
+            detail: format!("{rule}: a pattern … could not judge its command 0 within its budget"),
+        };
+        for rule in ["R0016", "X1", "R0016"] {
+            metrics.dead_letter_of(&unjudged(rule));
+        }
         metrics.observe_latency(0.04);
         metrics.observe_latency(0.3);
         metrics.observe_latency(75.0);
@@ -564,6 +618,7 @@ ttpflow_published_total{kind="rule_fired"} 5
 ttpflow_published_total{kind="tagged"} 0
 # HELP ttpflow_dead_letters_total Dead letters, by reason.
 # TYPE ttpflow_dead_letters_total counter
+ttpflow_dead_letters_total{reason="rule_budget_exceeded"} 3
 # HELP ttpflow_pending_unanchored Events waiting for their attacker.
 # TYPE ttpflow_pending_unanchored gauge
 ttpflow_pending_unanchored 2
@@ -579,6 +634,10 @@ ttpflow_consumer_lag_records{topic="events",partition="10"} 5
 # TYPE ttpflow_sink_retries_total counter
 ttpflow_sink_retries_total{sink="kafka"} 0
 ttpflow_sink_retries_total{sink="postgres"} 1
+# HELP ttpflow_rule_budget_exceeded_total Subjects a rule could not judge within its pattern budget, by rule.
+# TYPE ttpflow_rule_budget_exceeded_total counter
+ttpflow_rule_budget_exceeded_total{rule="R0016"} 2
+ttpflow_rule_budget_exceeded_total{rule="X1"} 1
 # HELP ttpflow_epoch_commit_seconds Time of one epoch's commit.
 # TYPE ttpflow_epoch_commit_seconds histogram
 ttpflow_epoch_commit_seconds_bucket{le="0.001"} 1

@@ -30,6 +30,7 @@ use ttpflow_dataflows::types::{Coll, Diff, Time};
 use ttpflow_dataflows::PackSchedule;
 
 use crate::files::{dead_letter_json, rollup_json, tag_json, FileError, JsonlWriter, LineSource};
+use crate::metrics::BudgetWarnings;
 use crate::postgres::{PostgresError, Sink, SinkStats};
 use crate::rollup_table::RollupTable;
 use crate::stage_times::StageTimes;
@@ -380,6 +381,7 @@ fn write_tags(tags: Coll<'_, Tag>, writers: Option<Rc<RefCell<Writers>>>) {
 }
 
 fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Writers>>>, inputs: Vec<PathBuf>) {
+    let mut warnings = BudgetWarnings::default();
     on_worker_zero(
         dead,
         "write dead_letters.jsonl",
@@ -389,6 +391,7 @@ fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Wri
                 w.borrow_mut().write(|w| {
                     // A retraction (a merge cycle that broke) does not unsay a report.
                     batch.iter().filter(|(_, r)| *r > 0).try_for_each(|(dead, _)| {
+                        warnings.note(dead);
                         w.dead_letters.write_with(|line| dead_letter_json(dead, &inputs, line))
                     })
                 });

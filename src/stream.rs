@@ -60,7 +60,7 @@ use ttpflow_dataflows::PackSchedule;
 
 use crate::config::{JobConfig, KafkaConfig, PublishConfig};
 use crate::kafka::{self, KafkaError, Partition, Publisher, Source};
-use crate::metrics::{self, Health, Metrics, Published};
+use crate::metrics::{self, BudgetWarnings, Health, Metrics, Published};
 use crate::postgres::{Message, Position, PostgresError, SinkStats, StreamSink};
 use crate::publish;
 use crate::reload::{Reload, RuleWatcher};
@@ -375,6 +375,7 @@ struct Committer {
     published: u64,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    budget_warnings: BudgetWarnings,
     error: Option<PostgresError>,
 }
 
@@ -425,7 +426,8 @@ impl Committer {
                 }
                 self.metrics.tags_stored(self.sink.stats().rows_inserted - inserted);
                 for letter in &dead {
-                    self.metrics.dead_letter(letter.reason, 1);
+                    self.metrics.dead_letter_of(letter);
+                    self.budget_warnings.note(letter);
                 }
                 self.health.set_ok();
                 let committed = started.elapsed();
@@ -515,6 +517,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
                 published: 0,
                 metrics: Arc::clone(&shared.metrics),
                 health: Arc::clone(&shared.health),
+                budget_warnings: BudgetWarnings::default(),
                 error: None,
             }))
         })

@@ -57,6 +57,7 @@ use differential_dataflow::AsCollection;
 use record::{DeadLetter, Event, Line, Subject, Tag};
 use rules::RulePack;
 pub use schedule::PackSchedule;
+use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::vec::Map;
 use types::{Coll, Diff, Time};
 
@@ -94,7 +95,10 @@ pub fn build<'s>(records: Coll<'s, Line>, packs: PackSchedule, emission: rollup:
         let (subjects, tables) = (subjects.clone().enter_region(r), decoded.tables.clone().enter_region(r));
         windows::stage(subjects, tables, packs.clone()).leave_region(scope)
     });
-    let tags = scope.region_named("detect", |r| detect(subjects.enter_region(r), packs).leave_region(scope));
+    let (tags, unjudged) = scope.region_named("detect", |r| {
+        let (tags, unjudged) = detect(subjects.enter_region(r), packs);
+        (tags.leave_region(scope), unjudged.leave_region(scope))
+    });
     let tags = tags.concat(intel.tags).concat(windowed);
     let stored = scope.region_named("store", |r| store::stage(tags.enter_region(r)).leave_region(scope));
     let references = scope.region_named("identity", |r| {
@@ -114,7 +118,8 @@ pub fn build<'s>(records: Coll<'s, Line>, packs: PackSchedule, emission: rollup:
             .dead_letters
             .concat(anchored.dead_letters)
             .concat(references.dead_letters.clone())
-            .concat(closed_sessions),
+            .concat(closed_sessions)
+            .concat(unjudged),
         pending: anchored.pending,
         rollups,
         references,
@@ -125,21 +130,45 @@ pub fn build<'s>(records: Coll<'s, Line>, packs: PackSchedule, emission: rollup:
 /// Detect: every subject through the rule set of its source kind, in one operator, with
 /// the pack of the subject's epoch. (Subjects are insertions; were one retracted after a
 /// swap, its retraction would be judged by the new pack, and the store ignores retractions.)
-fn detect<'s>(subjects: Coll<'s, Subject>, packs: PackSchedule) -> Coll<'s, Tag> {
+/// A rule that could not judge a subject within its pattern budget is a dead letter
+/// `rule_budget_exceeded` of the subject's record.
+fn detect<'s>(subjects: Coll<'s, Subject>, packs: PackSchedule) -> (Coll<'s, Tag>, Coll<'s, DeadLetter>) {
     let mut packs = packs.packs();
-    subjects
-        .inner
-        .flat_map(move |(subject, time, diff): (Subject, Time, Diff)| {
-            evaluate(packs.pack(time), &subject).into_iter().map(move |tag| (tag, time, diff))
-        })
-        .as_collection()
+    let judged = subjects.inner.flat_map(move |(subject, time, diff): (Subject, Time, Diff)| {
+        evaluate(packs.pack(time), &subject).into_iter().map(move |judged| (judged, time, diff))
+    });
+    let (tags, unjudged) = judged.ok_err::<Vec<_>, _, Vec<_>, _, _>(|(judged, time, diff)| match judged {
+        Ok(tag) => Ok((tag, time, diff)),
+        Err(dead) => Err((dead, time, diff)),
+    });
+    (tags.as_collection(), unjudged.as_collection())
 }
 
-/// The tags `pack` emits for `subject`.
-fn evaluate(pack: &RulePack, subject: &Subject) -> Vec<Tag> {
-    let mut tags = Vec::new();
-    pack.evaluate(subject, &mut tags);
-    tags
+/// The tags `pack` emits for `subject`, and a dead letter per rule that could not judge it.
+fn evaluate(pack: &RulePack, subject: &Subject) -> Vec<Result<Tag, DeadLetter>> {
+    let (mut tags, mut over_budget) = (Vec::new(), Vec::new());
+    pack.evaluate_reporting(subject, &mut tags, &mut over_budget);
+    let unjudged = over_budget.into_iter().map(|idx| DeadLetter {
+        pos: subject.pos,
+        topic: None,
+        reason: record::Reason::RuleBudgetExceeded,
+        detail: budget_detail(&pack.rules()[idx].rule_id, subject),
+    });
+    tags.into_iter().map(Ok).chain(unjudged.map(Err)).collect()
+}
+
+/// The detail of a `rule_budget_exceeded` dead letter: the rule id first.
+fn budget_detail(rule_id: &str, subject: &Subject) -> String {
+    let what = match subject.part {
+        0 => format!("its {} subject", subject.source_kind),
+        part => format!("its command {}", part - 1),
+    };
+    format!(
+        "{rule_id}: a pattern that needs the backtracking engine could not judge {what} within its budget \
+         ({} bytes of text, {} steps); the rule did not judge it",
+        pyregex::BACKTRACKING_TEXT_BYTES,
+        pyregex::BACKTRACKING_STEPS
+    )
 }
 
 #[cfg(test)]

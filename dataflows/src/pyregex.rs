@@ -14,6 +14,16 @@
 //! * Inside a class, `[`, `&&`, `~~` are plain characters.
 //! * Look-around and backreferences exist in Python: such patterns run on `fancy-regex`.
 //!
+//! A backtracking engine can take time quadratic or worse in its text, so a pattern that
+//! needs one runs within a budget: on texts of at most [`BACKTRACKING_TEXT_BYTES`] and
+//! [`BACKTRACKING_STEPS`] backtracking steps. A search that would exceed it is
+//! [`Search::OverBudget`], never a silent "no match": the caller reports it. The budget is
+//! counted in steps and bytes, not time, so whether it is exceeded depends on the text
+//! alone. Top-level alternatives of such a pattern are also compiled one by one, and the
+//! linear-time ones run first: `(a|a)*\1x|wget` finds `wget` on the `regex` crate
+//! whatever the backtracking branch does (for a yes/no search, `A|B` matches where `A` or
+//! `B` does).
+//!
 //! Python's ASCII (`(?a)`) and locale (`(?L)`) flags and possessive quantifiers are
 //! rejected with a clear error rather than approximated.
 
@@ -22,6 +32,43 @@ use std::fmt;
 /// Python's `str.isspace()` characters, as members of a character class.
 const PY_SPACE: &str =
     r"\t\n\x0B\x0C\r\x1C-\x1F \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}";
+
+/// The longest text a pattern that needs the backtracking engine is run on.
+pub const BACKTRACKING_TEXT_BYTES: usize = 16 << 10;
+/// The backtracking steps such a pattern may take on one text.
+pub const BACKTRACKING_STEPS: usize = 200_000;
+
+/// The outcome of a search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Search {
+    Found,
+    NotFound,
+    /// The backtracking engine would need more than its budget to decide.
+    OverBudget,
+}
+
+impl Search {
+    fn of(found: bool) -> Search {
+        if found {
+            Search::Found
+        } else {
+            Search::NotFound
+        }
+    }
+
+    /// `self` or `other`: found when either is, undecided when neither is found and one
+    /// is undecided.
+    pub fn or(self, other: impl FnOnce() -> Search) -> Search {
+        match self {
+            Search::Found => Search::Found,
+            Search::NotFound => other(),
+            Search::OverBudget => match other() {
+                Search::Found => Search::Found,
+                _ => Search::OverBudget,
+            },
+        }
+    }
+}
 
 /// A pattern compiled with Python `re.search` semantics.
 #[derive(Clone, Debug)]
@@ -32,6 +79,9 @@ pub struct PyRegex {
     plain_text: Option<String>,
     /// For texts that end with `\n`, when `$` makes a difference.
     newline: Option<Engine>,
+    /// For a pattern that needs the backtracking engine and has several top-level
+    /// alternatives: each alone, the linear-time ones first.
+    branches: Vec<PyRegex>,
 }
 
 /// Why a pattern does not compile.
@@ -52,16 +102,21 @@ impl std::error::Error for PyRegexError {}
 #[derive(Clone, Debug)]
 enum Engine {
     Plain(regex::Regex),
-    Fancy(fancy_regex::Regex),
+    /// `capped`: the text length limit applies (the pattern itself needs backtracking, not
+    /// only the `$` of a text with a final newline).
+    Fancy {
+        re: fancy_regex::Regex,
+        capped: bool,
+    },
 }
 
 impl Engine {
-    fn new(translated: &str, fancy: bool) -> Result<Engine, String> {
+    fn new(translated: &str, fancy: bool, capped: bool) -> Result<Engine, String> {
         let built = if fancy {
             fancy_regex::RegexBuilder::new(translated)
-                .backtrack_limit(1_000_000)
+                .backtrack_limit(BACKTRACKING_STEPS)
                 .build()
-                .map(Engine::Fancy)
+                .map(|re| Engine::Fancy { re, capped })
                 .map_err(|e| e.to_string())
         } else {
             regex::Regex::new(translated).map(Engine::Plain).map_err(|e| e.to_string())
@@ -76,19 +131,24 @@ impl Engine {
         })
     }
 
-    fn is_match(&self, text: &str) -> bool {
+    fn search(&self, text: &str) -> Search {
         match self {
-            Engine::Plain(re) => re.is_match(text),
-            // A backtracking limit hit counts as no match: rules must never stop the job.
-            Engine::Fancy(re) => re.is_match(text).unwrap_or(false),
+            Engine::Plain(re) => Search::of(re.is_match(text)),
+            Engine::Fancy { capped: true, .. } if text.len() > BACKTRACKING_TEXT_BYTES => Search::OverBudget,
+            Engine::Fancy { re, .. } => re.is_match(text).map_or(Search::OverBudget, Search::of),
         }
     }
 
     fn find<'t>(&self, text: &'t str) -> Option<&'t str> {
         match self {
             Engine::Plain(re) => re.find(text).map(|m| m.as_str()),
-            Engine::Fancy(re) => re.find(text).ok().flatten().map(|m| m.as_str()),
+            Engine::Fancy { capped: true, .. } if text.len() > BACKTRACKING_TEXT_BYTES => None,
+            Engine::Fancy { re, .. } => re.find(text).ok().flatten().map(|m| m.as_str()),
         }
+    }
+
+    fn is_fancy(&self) -> bool {
+        matches!(self, Engine::Fancy { .. })
     }
 }
 
@@ -112,20 +172,45 @@ impl PyRegex {
     pub fn new(pattern: &str) -> Result<PyRegex, PyRegexError> {
         let error = |message: String| PyRegexError { pattern: pattern.to_string(), message };
         let plain = translate(pattern, Dollar::End).map_err(error)?;
-        let engine = Engine::new(&plain.text, plain.fancy).map_err(error)?;
+        let engine = Engine::new(&plain.text, plain.fancy, plain.fancy).map_err(error)?;
         let newline = if plain.has_dollar {
             let t = translate(pattern, Dollar::BeforeFinalNewline).map_err(error)?;
-            Some(Engine::new(&t.text, t.fancy).map_err(error)?)
+            Some(Engine::new(&t.text, t.fancy, plain.fancy).map_err(error)?)
         } else {
             None
         };
+        let mut branches = Vec::new();
+        if plain.fancy {
+            if let Some(alternatives) = top_level_branches(pattern) {
+                // A branch that does not compile alone keeps the pattern whole.
+                if let Ok(mut compiled) = alternatives.iter().map(|b| PyRegex::new(b)).collect::<Result<Vec<_>, _>>() {
+                    compiled.sort_by_key(PyRegex::needs_backtracking);
+                    branches = compiled;
+                }
+            }
+        }
         let plain_text = (!plain.fancy).then_some(plain.text);
-        Ok(PyRegex { source: pattern.to_string(), plain: engine, plain_text, newline })
+        Ok(PyRegex { source: pattern.to_string(), plain: engine, plain_text, newline, branches })
     }
 
-    /// Python's `re.search(pattern, text) is not None`.
+    /// Python's `re.search(pattern, text) is not None`; a search over its budget counts as
+    /// no match here (callers that must report it use [`PyRegex::search`]).
     pub fn is_match(&self, text: &str) -> bool {
-        self.engine_for(text).is_match(text)
+        self.search(text) == Search::Found
+    }
+
+    /// Python's `re.search(pattern, text) is not None`, or [`Search::OverBudget`] when the
+    /// backtracking engine cannot decide within its budget.
+    pub fn search(&self, text: &str) -> Search {
+        if self.branches.is_empty() {
+            return self.engine_for(text).search(text);
+        }
+        self.branches.iter().fold(Search::NotFound, |acc, branch| acc.or(|| branch.search(text)))
+    }
+
+    /// Whether the pattern needs the backtracking engine (look-around or a backreference).
+    pub fn needs_backtracking(&self) -> bool {
+        self.plain.is_fancy()
     }
 
     /// The text of the leftmost match (Python's `re.search(...).group(0)`).
@@ -236,6 +321,64 @@ fn translate(pattern: &str, dollar: Dollar) -> Result<Translation, String> {
         i += 1;
     }
     Ok(Translation { text: out, fancy, has_dollar })
+}
+
+/// The top-level alternatives of a Python pattern, each with the pattern's leading global
+/// flags, or `None` when there is one, or when compiling them apart could change what they
+/// match: a backreference after the first alternative (group numbers would shift), the
+/// verbose flag (whitespace and comments), a class that does not close.
+fn top_level_branches(pattern: &str) -> Option<Vec<String>> {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut start = 0;
+    while chars.get(start) == Some(&'(') && chars.get(start + 1) == Some(&'?') {
+        let mut j = start + 2;
+        while chars.get(j).is_some_and(|c| c.is_ascii_alphabetic()) {
+            j += 1;
+        }
+        if j == start + 2 || chars.get(j) != Some(&')') {
+            break;
+        }
+        start = j + 1;
+    }
+    let flags: String = chars[..start].iter().collect();
+    if flags.contains('x') {
+        return None;
+    }
+    let (mut branches, mut depth, mut last, mut i) = (Vec::new(), 0usize, start, start);
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => i += 1,
+            '[' => {
+                let mut j = i + 1;
+                if chars.get(j) == Some(&'^') {
+                    j += 1;
+                }
+                if chars.get(j) == Some(&']') {
+                    j += 1;
+                }
+                while *chars.get(j)? != ']' {
+                    j += if chars[j] == '\\' { 2 } else { 1 };
+                }
+                i = j;
+            }
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            '|' if depth == 0 => {
+                branches.push(chars[last..i].iter().collect::<String>());
+                last = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    branches.push(chars[last.min(chars.len())..].iter().collect());
+    let backreference = |b: &String| {
+        b.contains("(?P=") || b.as_bytes().windows(2).any(|w| w[0] == b'\\' && (b'1'..=b'9').contains(&w[1]))
+    };
+    if branches.len() < 2 || branches[1..].iter().any(backreference) {
+        return None;
+    }
+    Some(branches.into_iter().map(|b| format!("{flags}{b}")).collect())
 }
 
 /// The global flags of a leading `(?flags)` group, checked for what Rust cannot do.
@@ -410,6 +553,45 @@ fn class(chars: &[char], i: usize, out: &mut String) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_linear_alternative_decides_whatever_the_backtracking_one_does() {
+        // Python: re.search(r"(a|a)*\1x|wget", "a" * 18 + " wget") matches.
+        let re = PyRegex::new(r"(a|a)*\1x|wget").unwrap();
+        let text = format!("{} wget", "a".repeat(18));
+        assert_eq!(re.search(&text), Search::Found);
+        assert_eq!(re.search("aax"), Search::Found);
+        assert_eq!(re.search("ax"), Search::NotFound);
+        let re = PyRegex::new(r"(?i)(?=.*curl)x|WGET").unwrap();
+        assert_eq!(re.search("wget"), Search::Found, "global flags apply to every alternative");
+        assert_eq!(re.search("X curl"), Search::Found);
+        assert_eq!(re.search(&"a".repeat(BACKTRACKING_TEXT_BYTES + 1)), Search::OverBudget);
+        assert_eq!(re.search(&format!("{}wget", "a".repeat(BACKTRACKING_TEXT_BYTES))), Search::Found);
+    }
+
+    #[test]
+    fn a_backtracking_pattern_over_its_budget_is_reported_not_missed() {
+        let re = PyRegex::new(r"(?=(a+)+b)").unwrap();
+        assert!(re.needs_backtracking());
+        assert_eq!(re.search(&"a".repeat(100_000)), Search::OverBudget, "over the text limit");
+        assert_eq!(re.search(&format!("{}b", "a".repeat(1000))), Search::Found);
+        let re = PyRegex::new(r"(?i)(a|b|ab)*(?=c)").unwrap();
+        assert_eq!(re.search(&"ab".repeat(28)), Search::OverBudget, "over the step limit");
+        assert!(!re.is_match(&"ab".repeat(28)));
+        assert!(!PyRegex::new(r"a|b").unwrap().needs_backtracking());
+    }
+
+    #[test]
+    fn alternatives_are_split_only_where_it_keeps_the_meaning() {
+        assert_eq!(
+            top_level_branches(r"(?i)a(?=b)|[|]c|\|d|(e|f)"),
+            Some(vec!["(?i)a(?=b)".to_string(), "(?i)[|]c".into(), "(?i)\\|d".into(), "(?i)(e|f)".into()])
+        );
+        assert_eq!(top_level_branches(r"(a)(?=x)|\1"), None, "a backreference after the first alternative");
+        assert_eq!(top_level_branches(r"(?x)a(?=b) | c"), None);
+        assert_eq!(top_level_branches(r"a(?=b)"), None);
+        assert_eq!(top_level_branches(r"[a|b"), None);
+    }
 
     fn matches(pattern: &str, text: &str) -> bool {
         PyRegex::new(pattern).unwrap_or_else(|e| panic!("{e}")).is_match(text)

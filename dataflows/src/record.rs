@@ -136,6 +136,10 @@ pub enum Reason {
     /// A stored tag came for a session whose rollup row of its technique had closed lately:
     /// counted in its other scopes only.
     SessionClosed,
+    /// A rule whose pattern needs the backtracking engine could not judge a subject within
+    /// its budget: the record is used, but that rule did not judge it. The detail starts
+    /// with the rule id.
+    RuleBudgetExceeded,
 }
 
 impl Reason {
@@ -152,6 +156,7 @@ impl Reason {
             Reason::Unanchored => "unanchored",
             Reason::MergeCycle => "merge_cycle",
             Reason::SessionClosed => "session_closed",
+            Reason::RuleBudgetExceeded => "rule_budget_exceeded",
         }
     }
 }
@@ -163,6 +168,13 @@ pub struct DeadLetter {
     pub topic: Option<String>,
     pub reason: Reason,
     pub detail: String,
+}
+
+impl DeadLetter {
+    /// The rule of a `rule_budget_exceeded` letter (its detail's first word).
+    pub fn budget_rule(&self) -> Option<&str> {
+        (self.reason == Reason::RuleBudgetExceeded).then(|| self.detail.split(':').next().unwrap_or_default())
+    }
 }
 
 /// What rules look at: an event, or one command of a session (DECNET's TaggerEvent).

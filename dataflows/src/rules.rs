@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::intel::{self, IntelRow, IntelTables};
 use crate::json::Json;
 use crate::predicates::{Extra, Predicate};
-use crate::pyregex::PyRegex;
+use crate::pyregex::{PyRegex, Search};
 use crate::record::{Confidence, Subject, Tag};
 use crate::shell::{simple_commands, ShellMatch, SimpleCommand};
 use crate::tagid::tag_uuid;
@@ -173,6 +173,12 @@ impl RulePack {
 
     /// Appends to `out` the tags the pack's rules emit for `subject`.
     pub fn evaluate(&self, subject: &Subject, out: &mut Vec<Tag>) {
+        self.evaluate_reporting(subject, out, &mut Vec::new());
+    }
+
+    /// [`RulePack::evaluate`], and appends to `over_budget` the rules whose patterns could
+    /// not judge `subject` within the backtracking budget (see [`crate::pyregex`]).
+    pub fn evaluate_reporting(&self, subject: &Subject, out: &mut Vec<Tag>, over_budget: &mut Vec<usize>) {
         let Some(kind_rules) = self.by_kind.get(&subject.source_kind) else { return };
         let mut shell = ShellCache::default();
         for idx in kind_rules.candidates(subject, &mut shell) {
@@ -180,8 +186,10 @@ impl RulePack {
             if !rule.state.is_active() {
                 continue;
             }
-            if let Some(extra) = fires(rule, subject, &mut shell) {
-                self.emit(idx, subject, extra, out);
+            match fires(rule, subject, &mut shell) {
+                Ok(Some(extra)) => self.emit(idx, subject, extra, out),
+                Ok(None) => {}
+                Err(OverBudget) => over_budget.push(idx),
             }
         }
     }
@@ -244,7 +252,7 @@ impl RulePack {
                 !intel::decide(*provider, &self.intel, payload).is_empty()
             }
             Matcher::Structured { predicate: Predicate::IntelBump { .. }, .. } => self.intel_bump(payload).is_some(),
-            _ => fires(&self.rules[idx], &subject, &mut ShellCache::default()).is_some(),
+            _ => matches!(fires(&self.rules[idx], &subject, &mut ShellCache::default()), Ok(Some(_))),
         }
     }
 
@@ -559,19 +567,42 @@ fn match_field<'r>(field: &'r Option<String>, subject: &Subject) -> Option<&'r s
     field.as_deref().filter(|f| !f.is_empty()).or_else(|| default_match_field(&subject.source_kind))
 }
 
-/// The extra evidence when `rule` fires on `subject`.
-fn fires<'r>(rule: &'r Rule, subject: &Subject, shell_cache: &mut ShellCache<'r>) -> Option<Extra> {
+/// A rule's patterns could not judge a subject within the backtracking budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverBudget;
+
+/// The extra evidence when `rule` fires on `subject`, `None` when it does not.
+fn fires<'r>(rule: &'r Rule, subject: &Subject, shell_cache: &mut ShellCache<'r>) -> Result<Option<Extra>, OverBudget> {
+    let judged = |search: Search| match search {
+        Search::Found => Ok(Some(Extra::new())),
+        Search::NotFound => Ok(None),
+        Search::OverBudget => Err(OverBudget),
+    };
     match &rule.matcher {
         Matcher::Regex { field, regex } => {
-            let haystack = subject.payload.get(match_field(field, subject)?)?.as_str()?;
-            regex.is_match(haystack).then(Extra::new)
+            let Some(haystack) = match_field(field, subject).and_then(|f| subject.payload.get(f)?.as_str()) else {
+                return Ok(None);
+            };
+            judged(regex.search(haystack))
         }
         Matcher::Shell { field, shell } => {
-            let field = match_field(field, subject)?;
-            let text = subject.payload.get(field)?.as_str()?;
-            shell.matches(shell_cache.commands(field, text)).then(Extra::new)
+            let Some(field) = match_field(field, subject) else { return Ok(None) };
+            let Some(text) = subject.payload.get(field).and_then(Json::as_str) else { return Ok(None) };
+            judged(shell.search(shell_cache.commands(field, text)))
         }
-        Matcher::Structured { predicate, .. } => predicate.fires(&subject.payload),
+        Matcher::Structured { predicate, .. } => Ok(predicate.fires(&subject.payload)),
+    }
+}
+
+impl Rule {
+    /// The rule's patterns that need the backtracking engine.
+    pub fn backtracking_patterns(&self) -> Vec<&PyRegex> {
+        let patterns = match &self.matcher {
+            Matcher::Regex { regex, .. } => vec![regex.as_ref()],
+            Matcher::Shell { shell, .. } => shell.patterns(),
+            Matcher::Structured { .. } => Vec::new(),
+        };
+        patterns.into_iter().filter(|p| p.needs_backtracking()).collect()
     }
 }
 

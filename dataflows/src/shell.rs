@@ -25,7 +25,7 @@
 //! simple command, and the rule fires when any simple command of the line satisfies them.
 
 use crate::json::Json;
-use crate::pyregex::PyRegex;
+use crate::pyregex::{PyRegex, Search};
 
 /// How deeply nested command lines (`$(…)` in `sh -c '…'` in …) are read.
 pub const MAX_DEPTH: usize = 8;
@@ -698,17 +698,54 @@ impl ShellMatch {
 
     /// Whether some simple command of `commands` satisfies every condition.
     pub fn matches(&self, commands: &[SimpleCommand]) -> bool {
-        commands.iter().any(|c| self.matches_one(c))
+        self.search(commands) == Search::Found
     }
 
-    fn matches_one(&self, c: &SimpleCommand) -> bool {
-        (self.programs.is_empty() || self.programs.iter().any(|n| n.matches(&c.program)))
-            && (self.wrappers.is_empty() || c.wrappers.iter().any(|w| self.wrappers.iter().any(|n| n.matches(w))))
-            && self.argument.as_ref().is_none_or(|r| c.args.iter().any(|a| r.is_match(a)))
-            && self.writes.as_ref().is_none_or(|r| c.writes.iter().any(|w| r.is_match(w)))
-            && self.assigns.as_ref().is_none_or(|r| c.assigns.iter().any(|a| r.is_match(a)))
-            && self.line.as_ref().is_none_or(|r| r.is_match(&c.line))
-            && self.not.as_ref().is_none_or(|not| !not.matches_one(c))
+    /// [`ShellMatch::matches`], or [`Search::OverBudget`] when a pattern that needs the
+    /// backtracking engine could not decide for a command that nothing else ruled out.
+    pub fn search(&self, commands: &[SimpleCommand]) -> Search {
+        commands.iter().fold(Search::NotFound, |acc, c| acc.or(|| self.search_one(c)))
+    }
+
+    fn search_one(&self, c: &SimpleCommand) -> Search {
+        if !(self.programs.is_empty() || self.programs.iter().any(|n| n.matches(&c.program)))
+            || !(self.wrappers.is_empty() || c.wrappers.iter().any(|w| self.wrappers.iter().any(|n| n.matches(w))))
+        {
+            return Search::NotFound;
+        }
+        let any = |re: &Option<PyRegex>, texts: &[String]| match re {
+            None => Search::Found,
+            Some(re) => texts.iter().fold(Search::NotFound, |acc, t| acc.or(|| re.search(t))),
+        };
+        let conditions = [
+            any(&self.argument, &c.args),
+            any(&self.writes, &c.writes),
+            any(&self.assigns, &c.assigns),
+            any(&self.line, std::slice::from_ref(&c.line)),
+        ];
+        let mut judged = Search::Found;
+        for condition in conditions {
+            match condition {
+                Search::NotFound => return Search::NotFound,
+                Search::OverBudget => judged = Search::OverBudget,
+                Search::Found => {}
+            }
+        }
+        match self.not.as_ref().map(|not| not.search_one(c)) {
+            Some(Search::Found) => Search::NotFound,
+            Some(Search::OverBudget) => Search::OverBudget,
+            _ => judged,
+        }
+    }
+
+    /// Every pattern of the condition, its exclusions' included.
+    pub fn patterns(&self) -> Vec<&PyRegex> {
+        let mut out: Vec<&PyRegex> =
+            [&self.argument, &self.line, &self.writes, &self.assigns].into_iter().flatten().collect();
+        if let Some(not) = &self.not {
+            out.extend(not.patterns());
+        }
+        out
     }
 
     /// The programs one of which a simple command must have for the match to hold, when

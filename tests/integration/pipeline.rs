@@ -178,6 +178,86 @@ fn a_line_far_over_the_limit_on_standard_input_is_skipped_to_its_end() {
     assert_eq!(tags.len(), 2, "the session after the long line is tagged");
 }
 
+/// Two rules whose patterns need the backtracking engine: one look-ahead that is quadratic
+/// on runs of `a`, one backreference with a linear alternative.
+fn backtracking_pack(dir: &Path) -> PathBuf {
+    common::write_pack(dir, &[
+        (
+            "X0001",
+            "rule_id: X0001\nrule_version: 1\nname: lookahead\napplies_to: [command]\nmatch: {pattern: '(?=(a+)+b)'}\nemits:\n  - {tactic: TA0002, technique_id: T1059, confidence: 0.8}\n",
+        ),
+        (
+            "X0002",
+            "rule_id: X0002\nrule_version: 1\nname: wget\napplies_to: [command]\nmatch: {pattern: '(a|a)*\\1x|wget'}\nemits:\n  - {tactic: TA0011, technique_id: T1105, confidence: 0.8}\n",
+        ),
+    ])
+}
+
+#[test]
+fn a_pattern_over_its_budget_is_a_dead_letter_and_never_a_silent_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = backtracking_pack(dir.path());
+    let session = serde_json::json!({"topic": "attacker.session.ended", "type": "session.ended", "payload": {
+        "attacker_uuid": "a-1", "session_id": "s-1",
+        "commands": [format!("{} wget", "a".repeat(18)), "a".repeat(1_000_000), "aaab"],
+    }})
+    .to_string();
+    let input = write_input(dir.path(), "in.jsonl", &[ATTACKER, &session]);
+    for workers in [1, 2] {
+        let out = run(&rules, std::slice::from_ref(&input), workers, 1);
+        let tagged: Vec<(&str, &str)> = out
+            .tags
+            .iter()
+            .map(|t| (t["source_id"].as_str().unwrap(), t["rule_id"].as_str().unwrap()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Python's re.search finds `wget` on the first command; the linear alternative decides.
+        assert_eq!(tagged, [("s-1#cmd0", "X0002"), ("s-1#cmd2", "X0001")], "{}", out.tags_text);
+        let unjudged: Vec<(u64, &str, &str)> = out
+            .dead_letters
+            .iter()
+            .map(|d| {
+                let detail = d["detail"].as_str().unwrap();
+                (d["line"].as_u64().unwrap(), d["reason"].as_str().unwrap(), detail.split(':').next().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            unjudged,
+            [(2, "rule_budget_exceeded", "X0001"), (2, "rule_budget_exceeded", "X0002")],
+            "{}",
+            out.dead_letters_text
+        );
+        assert!(out.dead_letters_text.contains("its command 1 within its budget"), "{}", out.dead_letters_text);
+    }
+}
+
+#[test]
+fn rules_check_names_backtracking_patterns_and_the_probes_they_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = backtracking_pack(dir.path());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ttpflow"))
+        .args(["rules", "check"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    for rule in ["X0001", "X0002"] {
+        assert!(
+            stdout.contains(&format!("note: {rule}.yaml: rule \"{rule}\": pattern"))
+                && stdout.contains("needs the backtracking engine"),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(
+            r#"warn: X0002.yaml: rule "X0002": pattern "(a|a)*\\1x|wget" runs out of its budget on a probe of"#
+        ),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn the_bundled_example_runs_from_the_command_line() {
     let out_dir = tempfile::tempdir().unwrap();
