@@ -11,6 +11,13 @@
 //!
 //! The `source_kind` derivation is DECNET's: the first fragment of its topic table
 //! contained in the topic, else the envelope type (for `attacker.fingerprinted`).
+//!
+//! Values every sink can store: a NUL character (`\u0000`) in any string or key of a record
+//! becomes U+FFFD (PostgreSQL's text cannot hold NUL), so the JSONL and PostgreSQL outputs
+//! stay equal; a time (an event time field, the envelope `ts`, a command's `ts`) must be a
+//! real instant of years 1–9999 as RFC 3339 text or seconds since the epoch, else the record
+//! is a `wrong_type` dead letter (a date that does not exist, an offset of a day or more,
+//! milliseconds taken for seconds). The event time is the first time field present.
 
 use std::sync::Arc;
 
@@ -176,10 +183,14 @@ pub fn decode(line: Line) -> Decoded {
     if text.len() > MAX_RECORD_BYTES {
         return dead(line.topic, Reason::Oversize, oversize_detail(text.len() as u64));
     }
-    let value = match Json::parse(&text) {
+    let mut value = match Json::parse(&text) {
         Ok(v) => v,
         Err(e) => return dead(line.topic, Reason::InvalidJson, e.0),
     };
+    // JSON text can hold a NUL only as an escape.
+    if text.contains("u0000") {
+        replace_nul(&mut value);
+    }
     if !matches!(value, Json::Obj(_)) {
         return dead(line.topic, Reason::NotAnObject, format!("record is a JSON {}", value.type_name()));
     }
@@ -201,6 +212,44 @@ pub fn decode(line: Line) -> Decoded {
     result.unwrap_or_else(|(reason, detail)| dead(Some(topic), reason, detail))
 }
 
+/// Replaces NUL characters in every string and key of `value` with U+FFFD.
+fn replace_nul(value: &mut Json) {
+    let fix = |s: &mut String| {
+        if s.contains('\0') {
+            *s = s.replace('\0', "\u{FFFD}");
+        }
+    };
+    match value {
+        Json::Str(s) => fix(s),
+        Json::Arr(items) => items.iter_mut().for_each(replace_nul),
+        Json::Obj(fields) => {
+            for (key, item) in fields {
+                fix(key);
+                replace_nul(item);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A time field's value: `None` when null, an error when it is not a time in range.
+fn time_field(field: &str, value: Option<&Json>) -> DecodeResult<Option<i64>> {
+    match value {
+        None | Some(Json::Null) => Ok(None),
+        Some(v) => time::from_json(v).map(Some).ok_or_else(|| {
+            let shown = match v {
+                Json::Str(s) => format!("\"{}\"", s.chars().take(40).collect::<String>()),
+                Json::Num(n) => n.clone(),
+                other => other.type_name().to_string(),
+            };
+            (
+                Reason::WrongType,
+                format!("field \"{field}\" is {shown}, expected a time of years 1-9999 (RFC 3339 or seconds since the epoch)"),
+            )
+        }),
+    }
+}
+
 type DecodeResult<T> = Result<T, (Reason, String)>;
 
 fn wrong_type(field: &str, value: &Json, expected: &str) -> (Reason, String) {
@@ -215,7 +264,7 @@ fn decode_event(pos: crate::record::Pos, topic: &str, value: Json) -> DecodeResu
     };
     let envelope_ts = match value.get("ts") {
         None | Some(Json::Null) => None,
-        Some(ts @ Json::Num(_)) => time::from_json(ts),
+        ts @ Some(Json::Num(_)) => time_field("ts", ts)?,
         Some(other) => return Err(wrong_type("ts", other, "number")),
     };
     let payload = match value.get("payload") {
@@ -230,7 +279,10 @@ fn decode_event(pos: crate::record::Pos, topic: &str, value: Json) -> DecodeResu
         for (idx, command) in commands.iter().enumerate() {
             match command {
                 Json::Str(_) => {}
-                Json::Obj(_) => check_fields(command, COMMAND_FIELD_TYPES, &format!("commands[{idx}].", idx = idx))?,
+                Json::Obj(_) => {
+                    check_fields(command, COMMAND_FIELD_TYPES, &format!("commands[{idx}].", idx = idx))?;
+                    time_field(&format!("commands[{idx}].ts"), command.get("ts"))?;
+                }
                 other => return Err(wrong_type(&format!("commands[{idx}]"), other, "string or object")),
             }
         }
@@ -238,7 +290,13 @@ fn decode_event(pos: crate::record::Pos, topic: &str, value: Json) -> DecodeResu
     if topic == "attacker.fingerprinted" && event_type.is_empty() {
         return Err((Reason::MissingField, "attacker.fingerprinted envelope has no \"type\"".to_string()));
     }
-    let event_time = EVENT_TIME_FIELDS.iter().find_map(|f| payload.get(f).and_then(time::from_json)).or(envelope_ts);
+    let mut event_time = None;
+    for field in EVENT_TIME_FIELDS {
+        if let Some(t) = time_field(field, payload.get(field))? {
+            event_time = event_time.or(Some(t));
+        }
+    }
+    let event_time = event_time.or(envelope_ts);
     Ok(Event {
         pos,
         topic: topic.to_string(),
@@ -335,6 +393,39 @@ mod tests {
             Decoded::Dead(d) => d.reason,
             other => panic!("expected a dead letter, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn nul_characters_become_replacement_characters_everywhere() {
+        let text = r#"{"topic":"attacker.session.ended","payload":{"session_id":"s\u0000","decky_id":"\u0000d","commands":["cat /etc/os-release; echo \u0000"],"k\u0000":"\\u0000 stays"}}"#;
+        let Decoded::Event(e) = decode(line(text)) else { panic!("decodes") };
+        let p = &e.payload;
+        assert_eq!(p.get("session_id").and_then(Json::as_str), Some("s\u{FFFD}"));
+        assert_eq!(p.get("decky_id").and_then(Json::as_str), Some("\u{FFFD}d"));
+        let Some(Json::Arr(commands)) = p.get("commands") else { panic!("commands") };
+        assert_eq!(commands[0].as_str(), Some("cat /etc/os-release; echo \u{FFFD}"));
+        assert_eq!(p.get("k\u{FFFD}").and_then(Json::as_str), Some("\\u0000 stays"), "an escaped backslash is no NUL");
+    }
+
+    #[test]
+    fn a_time_field_that_is_no_time_in_range_is_a_wrong_type() {
+        for payload in [
+            r#"{"ended_at":-220000000000}"#,
+            r#"{"ended_at":"2026-02-31T00:00:00Z"}"#,
+            r#"{"ended_at":"2026-01-01T00:00:00+99:99"}"#,
+            r#"{"ended_at":"9999-12-31T23:59:60Z"}"#,
+            r#"{"ts":1714630000123}"#,
+            r#"{"ended_at":"2026-01-01T00:00:00Z","timestamp":"yesterday"}"#,
+            r#"{"commands":[{"command_text":"id","ts":"2026-13-01T00:00:00Z"}]}"#,
+        ] {
+            let text = format!(r#"{{"topic":"attacker.session.ended","payload":{payload}}}"#);
+            assert_eq!(reason(&text), Reason::WrongType, "{payload}");
+        }
+        let envelope = r#"{"topic":"attacker.session.ended","ts":-1e13,"payload":{}}"#;
+        assert_eq!(reason(envelope), Reason::WrongType);
+        let fine = r#"{"topic":"attacker.session.ended","ts":1714630000.5,"payload":{"ended_at":null,"ts":"2026-01-01T00:00:00Z"}}"#;
+        let Decoded::Event(e) = decode(line(fine)) else { panic!("decodes") };
+        assert_eq!(e.event_time, Some(1_767_225_600_000_000), "the first time field present");
     }
 
     #[test]

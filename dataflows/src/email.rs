@@ -3,7 +3,8 @@
 //! Email tags never hold addresses or bodies (DESIGN §2.12). Every email tag carries the
 //! same base evidence as DECNET's — the body's SHA-256 (from the payload, else of
 //! `body_text`), the attachments' SHA-256s, the recipient count and the set of recipient
-//! domains (lower-cased, sorted) — plus what its predicate matched.
+//! domains (lower-cased, sorted; an address in `rcpt_domains` gives only its domain) —
+//! plus what its predicate matched.
 
 use sha2::{Digest, Sha256};
 
@@ -30,7 +31,8 @@ pub fn base_evidence(payload: &Json) -> Extra {
         _ => Json::Num("0".to_string()),
     };
     let mut domains: Vec<String> = match payload.get("rcpt_domains") {
-        Some(Json::Arr(items)) => items.iter().filter_map(Json::as_str).map(str::to_lowercase).collect(),
+        // Producers are meant to send domains; an address sent instead gives only its domain.
+        Some(Json::Arr(items)) => items.iter().filter_map(Json::as_str).map(domain_of).collect(),
         _ => Vec::new(),
     };
     domains.sort();
@@ -75,7 +77,7 @@ mod tests {
 
     #[test]
     fn base_evidence_hashes_and_normalises() {
-        let payload = Json::parse(r#"{"body_text":"see body","rcpt_domains":["Victim.Example","mail.example","victim.example"],"rcpt_count":3,"from_domain":"x@y"}"#).unwrap();
+        let payload = Json::parse(r#"{"body_text":"see body","rcpt_domains":["Victim.Example","carol.addr@mail.example","victim.example"],"rcpt_count":3,"from_domain":"x@y"}"#).unwrap();
         assert_eq!(
             Json::Obj(base_evidence(&payload)).to_json_string(),
             r#"{"attachment_sha256s":[],"body_sha256":"d566905307e5997593a8fee8e90d7fb3158be1df973735dfa16c61719e698ae7","rcpt_count":3,"rcpt_domain_set":["mail.example","victim.example"]}"#

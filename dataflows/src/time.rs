@@ -13,9 +13,31 @@ pub fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     }
 }
 
+/// The earliest event time: 0001-01-01T00:00:00Z (Python's `datetime.min`), well inside
+/// what PostgreSQL's `timestamptz` holds.
+pub const MIN_MICROS: i64 = -62_135_596_800_000_000;
+/// The latest event time: 9999-12-31T23:59:59.999999Z, the last instant RFC 3339's four-digit
+/// years can write.
+pub const MAX_MICROS: i64 = 253_402_300_799_999_999;
+
+fn in_range(micros: i64) -> Option<i64> {
+    (MIN_MICROS..=MAX_MICROS).contains(&micros).then_some(micros)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
 /// Microseconds since the Unix epoch from an ISO-8601 / RFC 3339 timestamp such as
 /// `2026-01-01T00:00:05.554000+00:00`, `2026-01-01 00:00:05Z` or `2026-01-01T00:00:05`
-/// (no offset = UTC). `None` when the text is not such a timestamp.
+/// (no offset = UTC). `None` when the text is not such a timestamp, names a date that does
+/// not exist (`2026-02-31`, a second 60, an offset of 24 hours or more), or an instant
+/// outside years 1–9999 in UTC.
 pub fn parse_iso8601(text: &str) -> Option<i64> {
     let b = text.as_bytes();
     if b.len() < 19
@@ -32,7 +54,13 @@ pub fn parse_iso8601(text: &str) -> Option<i64> {
     };
     let (year, month, day) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
     let (hour, minute, second) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if year == 0
+        || !(1..=12).contains(&month)
+        || !(1..=days_in_month(year, month)).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
         return None;
     }
     let mut rest = &b[19..];
@@ -50,7 +78,11 @@ pub fn parse_iso8601(text: &str) -> Option<i64> {
     let offset_s = match rest {
         [] | [b'Z'] | [b'z'] => 0,
         [sign @ (b'+' | b'-'), hh1, hh2, b':', mm1, mm2] | [sign @ (b'+' | b'-'), hh1, hh2, mm1, mm2] => {
-            let secs = num(&[*hh1, *hh2])? * 3600 + num(&[*mm1, *mm2])? * 60;
+            let (hh, mm) = (num(&[*hh1, *hh2])?, num(&[*mm1, *mm2])?);
+            if hh > 23 || mm > 59 {
+                return None;
+            }
+            let secs = hh * 3600 + mm * 60;
             if *sign == b'+' {
                 secs
             } else {
@@ -61,16 +93,18 @@ pub fn parse_iso8601(text: &str) -> Option<i64> {
     };
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
-    Some(secs * 1_000_000 + micros)
+    in_range(secs * 1_000_000 + micros)
 }
 
 /// Event time of a JSON value: an ISO-8601 string or a number of seconds since the epoch.
 pub fn from_json(value: &Json) -> Option<i64> {
     match value {
         Json::Str(s) => parse_iso8601(s),
-        Json::Num(n) => {
-            n.parse::<f64>().ok().filter(|x| x.is_finite() && x.abs() < 1e12).map(|x| (x * 1e6).round() as i64)
-        }
+        Json::Num(n) => n
+            .parse::<f64>()
+            .ok()
+            .filter(|x| (MIN_MICROS as f64 / 1e6..=MAX_MICROS as f64 / 1e6).contains(x))
+            .and_then(|x| in_range((x * 1e6).round() as i64)),
         _ => None,
     }
 }
@@ -112,6 +146,31 @@ pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn impossible_dates_offsets_and_instants_out_of_range_are_not_times() {
+        for text in [
+            "2026-02-31T00:00:00Z",
+            "2025-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-01-01T00:00:00+99:99",
+            "2026-01-01T00:00:00+24:00",
+            "2026-01-01T00:00:60Z",
+            "9999-12-31T23:59:60Z",
+            "9999-12-31T23:00:00-05:00",
+            "0000-01-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_iso8601(text), None, "{text}");
+        }
+        assert!(parse_iso8601("2024-02-29T00:00:00Z").is_some());
+        assert_eq!(parse_iso8601("9999-12-31T23:59:59.999999Z"), Some(MAX_MICROS));
+        assert_eq!(parse_iso8601("0001-01-01T00:00:00Z"), Some(MIN_MICROS));
+        assert_eq!(format_rfc3339(MAX_MICROS), "9999-12-31T23:59:59.999999Z");
+        for seconds in ["-220000000000", "1714630000123", "1e300", "-62135596801"] {
+            assert_eq!(from_json(&Json::Num(seconds.into())), None, "{seconds}");
+        }
+        assert_eq!(from_json(&Json::Num("-62135596800".into())), Some(MIN_MICROS));
+    }
 
     #[test]
     fn parses_decnet_timestamps() {

@@ -6,7 +6,7 @@
 //! process stops the server when the test binary exits, however it exits, and servers left
 //! by an earlier binary that was killed are stopped at the next start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -388,6 +388,33 @@ fn stored_tags_rollups_and_progress_equal_the_jsonl_outputs() {
         assert_same_rollups(&stored_rollups(&url), &rollups, name);
         assert_eq!(progress(&url), line_counts(&inputs), "{name}: progress is the line count of every input");
     }
+}
+
+#[test]
+fn records_postgresql_cannot_store_as_given_do_not_stop_the_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = crate::common::write_pack(dir.path(), &[(
+        "N0001",
+        "rule_id: N0001\nrule_version: 1\nname: os_release\napplies_to: [command]\nmatch: {pattern: 'os-release'}\nemits:\n  - {tactic: TA0007, technique_id: T1082, confidence: 0.6}\nevidence_fields: [command_text]\n",
+    )]);
+    let lines = [
+        r#"{"topic":"decnet.attackers","key":"a-1","value":{"uuid":"a-1","ip":"192.0.2.1"}}"#,
+        // A NUL in evidence, in session and decky ids; a time before 4713 BC; then good records.
+        r#"{"topic":"attacker.session.ended","type":"session.ended","payload":{"attacker_uuid":"a-1","session_id":"s-1","commands":["cat /etc/os-release; echo \u0000"]}}"#,
+        r#"{"topic":"attacker.session.ended","type":"session.ended","payload":{"attacker_uuid":"a-1","session_id":"s-\u0000","decky_id":"d\u0000","commands":["cat /etc/os-release"]}}"#,
+        r#"{"topic":"attacker.session.ended","type":"session.ended","payload":{"attacker_uuid":"a-1","session_id":"s-3","ended_at":-220000000000,"commands":["cat /etc/os-release"]}}"#,
+        r#"{"topic":"attacker.session.ended","type":"session.ended","payload":{"attacker_uuid":"a-1","session_id":"s-4","ended_at":"9999-12-31T23:59:59Z","commands":["cat /etc/os-release"]}}"#,
+        r#"{"topic":"attacker.session.ended","type":"session.ended","payload":{"attacker_uuid":"a-1","session_id":"s-5","commands":["uname -a; cat /etc/os-release"]}}"#,
+    ];
+    let input = crate::common::write_input(dir.path(), "hostile.jsonl", &lines);
+    let url = database("hostile_values");
+    let PgRun { tags, rollups, .. } = run_pg(&rules, std::slice::from_ref(&input), 1, &url);
+    let sessions: BTreeSet<&str> = tags.iter().filter_map(|t| t["session_id"].as_str()).collect();
+    assert_eq!(sessions, BTreeSet::from(["s-1", "s-\u{FFFD}", "s-4", "s-5"]), "the time out of range is a dead letter");
+    assert!(tags.iter().any(|t| t["evidence"]["command_text"] == "cat /etc/os-release; echo \u{FFFD}"));
+    assert_same_tags(&stored_tags(&url), &tags, "hostile values");
+    assert_same_rollups(&stored_rollups(&url), &rollups, "hostile values");
+    assert_eq!(progress(&url), line_counts(std::slice::from_ref(&input)), "every record is committed");
 }
 
 #[test]
