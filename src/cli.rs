@@ -105,7 +105,7 @@ pub struct NavigatorArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// ATT&CK release of the techniques (its major version is the layer's `versions.attack`).
-    #[arg(long, default_value = ttpflow_dataflows::rules::DEFAULT_ATTACK_RELEASE)]
+    #[arg(long, default_value = ttpflow_dataflows::rules::DEFAULT_ATTACK_RELEASE, value_parser = attack_release)]
     pub attack_release: String,
 }
 
@@ -125,17 +125,40 @@ pub enum RulesCommand {
 #[derive(Debug, Args, Clone)]
 pub struct ClusterArgs {
     /// Timely worker threads per process.
-    #[arg(short = 'w', long, default_value_t = 1)]
+    #[arg(short = 'w', long, default_value_t = 1, value_parser = at_least_one)]
     pub workers: usize,
     /// Processes in the cluster.
-    #[arg(short = 'n', long, default_value_t = 1)]
+    #[arg(short = 'n', long, default_value_t = 1, value_parser = at_least_one)]
     pub processes: usize,
     /// This process's index in the cluster (0-based).
     #[arg(short = 'p', long, default_value_t = 0)]
     pub process: usize,
-    /// File with one `host:port` per process, in process order.
-    #[arg(short = 'h', long)]
+    /// File with one `host:port` per process, in process order (long name only: `-h` is help).
+    #[arg(long)]
     pub hostfile: Option<PathBuf>,
+}
+
+/// A count that must be at least 1 (`-w`, `-n`).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a count: {e}")),
+    }
+}
+
+/// An ATT&CK release as tags and layers name it: `v<major>` or `v<major>.<minor>`.
+pub fn attack_release(text: &str) -> Result<String, String> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let valid = text.strip_prefix('v').is_some_and(|v| match v.split_once('.') {
+        Some((major, minor)) => digits(major) && digits(minor),
+        None => digits(v),
+    });
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!("an ATT&CK release is v<major>.<minor>, such as v15.1 or v18.1, not \"{text}\""))
+    }
 }
 
 impl ClusterArgs {
@@ -146,7 +169,7 @@ impl ClusterArgs {
             return Ok(timely::Config::process(workers));
         }
         let Some(file) = &self.hostfile else {
-            return Err(format!("-n {} needs a hostfile (-h)", self.processes).into());
+            return Err(format!("-n {} needs a hostfile (--hostfile)", self.processes).into());
         };
         let text = std::fs::read_to_string(file)
             .map_err(|e| format!("failed to read hostfile \"{}\": {e}", file.display()))?;
@@ -188,7 +211,7 @@ pub struct JobArgs {
     #[arg(long)]
     pub rule_state: Option<PathBuf>,
     /// ATT&CK release stamped on tags.
-    #[arg(long)]
+    #[arg(long, value_parser = attack_release)]
     pub attack_release: Option<String>,
     /// Directory of intel provider mapping tables (`<provider>.yaml`); default: the
     /// project's tables, built in.
@@ -214,9 +237,6 @@ pub struct JobArgs {
     pub metrics_addr: Option<String>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Print help.
-    #[arg(long, action = clap::ArgAction::Help)]
-    pub help: Option<bool>,
 }
 
 impl JobArgs {
@@ -262,7 +282,6 @@ impl JobArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(disable_help_flag = true)]
 pub struct RunArgs {
     #[command(flatten)]
     pub job: JobArgs,
@@ -287,7 +306,6 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(disable_help_flag = true)]
 pub struct ReplayArgs {
     #[command(flatten)]
     pub job: JobArgs,

@@ -159,6 +159,8 @@ impl JobConfig {
         if self.job.is_empty() {
             return Err(ConfigError::Invalid("job must not be empty".into()));
         }
+        crate::cli::attack_release(&self.attack_release)
+            .map_err(|e| ConfigError::Invalid(format!("attack_release: {e}")))?;
         if let Some(kafka) = &self.kafka {
             if kafka.brokers.trim().is_empty() {
                 return Err(ConfigError::Invalid("kafka.brokers must not be empty".into()));

@@ -662,7 +662,7 @@ fn two_processes_store_the_tables_of_one() {
     let mut jobs: Vec<Child> = (0..2)
         .map(|p| {
             let index = p.to_string();
-            let extra = ["-w", "2", "-n", "2", "-p", index.as_str(), "-h", hosts];
+            let extra = ["-w", "2", "-n", "2", "-p", index.as_str(), "--hostfile", hosts];
             let mut cmd = ttpflow(&cluster.brokers, &two, &rules, "run", &extra);
             cmd.stderr(std::fs::File::create(dir.path().join(format!("stderr{p}"))).unwrap());
             cmd.spawn().expect("ttpflow starts")

@@ -259,6 +259,42 @@ fn rules_check_names_backtracking_patterns_and_the_probes_they_fail() {
 }
 
 #[test]
+fn the_command_line_keeps_its_habits() {
+    let ttpflow = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ttpflow"))
+            .current_dir(root())
+            .args(args)
+            .env_remove("NO_COLOR")
+            .output()
+            .expect("ttpflow runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, _) = ttpflow(&["run", "-h"]);
+    assert_eq!(code, Some(0), "-h is help");
+    assert!(stdout.contains("--hostfile") && stdout.contains("--workers"), "{stdout}");
+    for (args, says) in [
+        (&["run", "-w", "0"][..], "must be at least 1"),
+        (&["run", "-n", "0"][..], "must be at least 1"),
+        (&["run", "--attack-release", "banana"][..], "an ATT&CK release is v<major>.<minor>"),
+    ] {
+        let (code, _, stderr) = ttpflow(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().to_str().unwrap();
+    let (code, _, stderr) = ttpflow(&["run", "--attack-release", "v18.1", "--out", out_dir]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("loaded rule pack") && !stderr.contains('\x1b'), "no colour into a pipe: {stderr:?}");
+    let (_, tags) = common::read_jsonl(&out.path().join("tags.jsonl"));
+    assert!(tags.iter().all(|t| t["attack_release"] == "v18.1"));
+}
+
+#[test]
 fn the_bundled_example_runs_from_the_command_line() {
     let out_dir = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ttpflow"))
