@@ -5,7 +5,7 @@
 //! records ─ decode ─┬─ events ── anchor (real shapes; ⋈ attackers by ip) ── fan-out (session → commands)
 //!                   │                                                          │
 //!                   └─ table updates → attackers arrangement        detect: one compiled rule set per
-//!                          │                                        source kind (regex + structured
+//!                          │                                        source kind (regex, shell, structured
 //!                          │                                        predicates), in one operator
 //!                          │                                      + windows: cross-event detections
 //!                          │                                        over event time (⋈ identities)

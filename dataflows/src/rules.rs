@@ -1,12 +1,14 @@
 //! Compiled rule packs and their evaluation: rules are data evaluated inside one operator.
 //!
-//! A [`RulePack`] holds every rule of a pack (regex rules and the structured `lifter:*`
-//! rules alike) plus, per source kind, the regex rules that apply to it, compiled once.
-//! Evaluating a [`Subject`] runs only the rules of its kind, in pack order, and builds
-//! tags exactly as DECNET's engine does: the match field (the rule's `field`, else the
-//! kind's default), evidence = the rule's evidence fields present in the payload, then
-//! `uid`/`user`/`src`/`pwd` on commands; confidence clipped by the rule state; tags under
-//! the 0.3 floor are dropped (0.3 is kept).
+//! A [`RulePack`] holds every rule of a pack (regex rules, the project's shell rules and
+//! the structured `lifter:*` rules alike) plus, per source kind, the rules that apply to it,
+//! compiled and indexed once (a `RegexSet` of the pattern rules, shell rules by program).
+//! Evaluating a [`Subject`] runs only the rules of its kind that can fire, in pack order,
+//! and builds tags exactly as DECNET's engine does: the match field (the rule's `field`,
+//! else the kind's default), evidence = the rule's evidence fields present in the payload,
+//! then `uid`/`user`/`src`/`pwd` on commands; confidence clipped by the rule state; tags
+//! under the 0.3 floor are dropped (0.3 is kept). A rule whose pattern cannot judge a
+//! subject within its budget is reported, not taken as a miss ([`crate::pyregex`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
