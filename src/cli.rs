@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
-use crate::config::JobConfig;
+use crate::config::{attack_release, JobConfig};
 use crate::navigator::{self, Scope};
 use crate::rules::{self, LoadOptions, LoadedPack, Problem};
 use crate::runtime::{self, RunOptions};
@@ -144,20 +144,6 @@ fn at_least_one(text: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".to_string()),
         Ok(n) => Ok(n),
         Err(e) => Err(format!("not a count: {e}")),
-    }
-}
-
-/// An ATT&CK release as tags and layers name it: `v<major>` or `v<major>.<minor>`.
-pub fn attack_release(text: &str) -> Result<String, String> {
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let valid = text.strip_prefix('v').is_some_and(|v| match v.split_once('.') {
-        Some((major, minor)) => digits(major) && digits(minor),
-        None => digits(v),
-    });
-    if valid {
-        Ok(text.to_string())
-    } else {
-        Err(format!("an ATT&CK release is v<major>.<minor>, such as v15.1 or v18.1, not \"{text}\""))
     }
 }
 

@@ -159,8 +159,7 @@ impl JobConfig {
         if self.job.is_empty() {
             return Err(ConfigError::Invalid("job must not be empty".into()));
         }
-        crate::cli::attack_release(&self.attack_release)
-            .map_err(|e| ConfigError::Invalid(format!("attack_release: {e}")))?;
+        attack_release(&self.attack_release).map_err(|e| ConfigError::Invalid(format!("attack_release: {e}")))?;
         if let Some(kafka) = &self.kafka {
             if kafka.brokers.trim().is_empty() {
                 return Err(ConfigError::Invalid("kafka.brokers must not be empty".into()));
@@ -184,6 +183,20 @@ impl JobConfig {
             }
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# the configuration cannot be shown as TOML: {e}\n"))
+    }
+}
+
+/// An ATT&CK release as tags and layers name it: `v<major>` or `v<major>.<minor>`.
+pub fn attack_release(text: &str) -> Result<String, String> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let valid = text.strip_prefix('v').is_some_and(|v| match v.split_once('.') {
+        Some((major, minor)) => digits(major) && digits(minor),
+        None => digits(v),
+    });
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!("an ATT&CK release is v<major>.<minor>, such as v15.1 or v18.1, not \"{text}\""))
     }
 }
 
