@@ -333,10 +333,9 @@ impl Metrics {
 
     /// Counts a dead letter: by reason, and by rule when a rule ran out of its budget.
     pub fn dead_letter_of(&self, dead: &DeadLetter) {
-        let mut families = self.lock();
-        families.dead_letters.add(vec![Value::text(dead.reason.as_str())], 1);
+        self.dead_letter(dead.reason, 1);
         if let Some(rule) = dead.budget_rule() {
-            families.rule_budget.add(vec![Value::text(rule)], 1);
+            self.lock().rule_budget.add(vec![Value::text(rule)], 1);
         }
     }
 

@@ -329,17 +329,7 @@ fn translate(pattern: &str, dollar: Dollar) -> Result<Translation, String> {
 /// verbose flag (whitespace and comments), a class that does not close.
 fn top_level_branches(pattern: &str) -> Option<Vec<String>> {
     let chars: Vec<char> = pattern.chars().collect();
-    let mut start = 0;
-    while chars.get(start) == Some(&'(') && chars.get(start + 1) == Some(&'?') {
-        let mut j = start + 2;
-        while chars.get(j).is_some_and(|c| c.is_ascii_alphabetic()) {
-            j += 1;
-        }
-        if j == start + 2 || chars.get(j) != Some(&')') {
-            break;
-        }
-        start = j + 1;
-    }
+    let start = leading_flag_groups(&chars).1;
     let flags: String = chars[..start].iter().collect();
     if flags.contains('x') {
         return None;
@@ -381,8 +371,8 @@ fn top_level_branches(pattern: &str) -> Option<Vec<String>> {
     Some(branches.into_iter().map(|b| format!("{flags}{b}")).collect())
 }
 
-/// The global flags of a leading `(?flags)` group, checked for what Rust cannot do.
-fn leading_flags(chars: &[char]) -> Result<String, String> {
+/// The letters of the leading `(?flags)` groups of a pattern, and where those groups end.
+fn leading_flag_groups(chars: &[char]) -> (String, usize) {
     let mut flags = String::new();
     let mut i = 0;
     while chars.get(i) == Some(&'(') && chars.get(i + 1) == Some(&'?') {
@@ -397,6 +387,12 @@ fn leading_flags(chars: &[char]) -> Result<String, String> {
         flags.extend(&chars[start..j]);
         i = j + 1;
     }
+    (flags, i)
+}
+
+/// The global flags of a leading `(?flags)` group, checked for what Rust cannot do.
+fn leading_flags(chars: &[char]) -> Result<String, String> {
+    let (flags, _) = leading_flag_groups(chars);
     for f in flags.chars() {
         match f {
             'i' | 'm' | 's' | 'x' | 'u' => {}

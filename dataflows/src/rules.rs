@@ -473,23 +473,29 @@ impl KindRules {
         let on_default = |field: &Option<String>| {
             field.as_deref().filter(|f| !f.is_empty()).is_none_or(|f| Some(f) == default_match_field(kind))
         };
-        match &rule.matcher {
-            Matcher::Regex { field, regex } if on_default(field) && regex.plain_translation().is_some() => {
+        let translation = match &rule.matcher {
+            Matcher::Regex { field, regex } if on_default(field) => regex.plain_translation(),
+            _ => None,
+        };
+        let programs = match &rule.matcher {
+            Matcher::Shell { field, shell } if on_default(field) => shell.required_programs(),
+            _ => None,
+        };
+        match (translation, programs) {
+            (Some(translation), _) => {
                 if !self.pending_patterns.iter().any(|(i, _)| *i == idx) {
-                    let translation = regex.plain_translation().unwrap_or_default().to_string();
-                    self.pending_patterns.push((idx, translation));
+                    self.pending_patterns.push((idx, translation.to_string()));
                 }
             }
-            Matcher::Shell { field, shell } if on_default(field) && shell.required_programs().is_some() => {
+            (None, Some(mut programs)) => {
                 self.indexed = true;
-                let mut programs = shell.required_programs().unwrap_or_default();
                 programs.sort_unstable();
                 programs.dedup();
                 for program in programs {
                     push_once(self.by_program.entry(program.to_string()).or_default(), idx);
                 }
             }
-            _ => push_once(&mut self.unindexed, idx),
+            (None, None) => push_once(&mut self.unindexed, idx),
         }
     }
 

@@ -717,15 +717,17 @@ impl ShellMatch {
             None => Search::Found,
             Some(re) => texts.iter().fold(Search::NotFound, |acc, t| acc.or(|| re.search(t))),
         };
-        let conditions = [
-            any(&self.argument, &c.args),
-            any(&self.writes, &c.writes),
-            any(&self.assigns, &c.assigns),
-            any(&self.line, std::slice::from_ref(&c.line)),
+        // In order, stopping at the first condition that fails: a pattern runs only when
+        // the cheaper ones before it hold.
+        let conditions: [(&Option<PyRegex>, &[String]); 4] = [
+            (&self.argument, &c.args),
+            (&self.writes, &c.writes),
+            (&self.assigns, &c.assigns),
+            (&self.line, std::slice::from_ref(&c.line)),
         ];
         let mut judged = Search::Found;
-        for condition in conditions {
-            match condition {
+        for (re, texts) in conditions {
+            match any(re, texts) {
                 Search::NotFound => return Search::NotFound,
                 Search::OverBudget => judged = Search::OverBudget,
                 Search::Found => {}
