@@ -218,6 +218,10 @@ pub struct JobArgs {
     /// Longest time a Kafka epoch stays open, in milliseconds.
     #[arg(long)]
     pub epoch_interval_ms: Option<u64>,
+    /// Seconds to wait out a PostgreSQL outage before giving up (default: for as long as
+    /// it takes).
+    #[arg(long, value_name = "SECONDS")]
+    pub sink_timeout: Option<u64>,
     /// Serve Prometheus metrics and `/healthz` on this address.
     #[arg(long)]
     pub metrics_addr: Option<String>,
@@ -258,6 +262,9 @@ impl JobArgs {
         }
         if let Some(v) = self.epoch_interval_ms {
             config.epoch_interval_ms = v;
+        }
+        if let Some(v) = self.sink_timeout {
+            config.sink_timeout_s = Some(v);
         }
         if let Some(v) = &self.metrics_addr {
             config.metrics_addr = Some(v.clone());
@@ -417,6 +424,7 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         epoch_records: config.epoch_records,
         pack: Arc::new(loaded.pack),
         artifacts_dir: args.artifacts_dir,
+        sink_timeout: config.sink_timeout(),
         postgres: config.postgres,
         stage_times: stage_times.clone(),
     })?;

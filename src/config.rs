@@ -46,6 +46,9 @@ pub struct JobConfig {
     pub epoch_interval_ms: u64,
     /// Seconds between checks of the rules directory and of `ttp_rule_state`.
     pub reload_interval_s: u64,
+    /// Seconds a PostgreSQL outage is waited out before the job gives up; absent: for as
+    /// long as it takes.
+    pub sink_timeout_s: Option<u64>,
     /// Address of the Prometheus endpoint (`/metrics`, `/healthz`), e.g. `127.0.0.1:9464`.
     pub metrics_addr: Option<String>,
     /// The Kafka cluster; without it `run` is the embedded job over `--input` files.
@@ -64,6 +67,7 @@ impl Default for JobConfig {
             epoch_records: 16384,
             epoch_interval_ms: 200,
             reload_interval_s: 2,
+            sink_timeout_s: None,
             metrics_addr: None,
             kafka: None,
         }
@@ -169,6 +173,11 @@ impl JobConfig {
             }
         }
         Ok(())
+    }
+
+    /// How long the PostgreSQL sink waits out an outage; none: for as long as it takes.
+    pub fn sink_timeout(&self) -> Option<std::time::Duration> {
+        self.sink_timeout_s.map(std::time::Duration::from_secs)
     }
 
     /// The configuration as TOML, with passwords masked.

@@ -57,7 +57,10 @@
 //! # Errors
 //!
 //! Failures of the connection or of the server's resources are transient: a commit is
-//! retried with backoff on a new connection, the transaction having rolled back. Everything
+//! retried with backoff (up to 5 s between attempts) on a new connection, the transaction
+//! having rolled back, for as long as the sink timeout allows (unlimited by default, for
+//! file runs and the Kafka job alike). The first failure of an outage is logged as a
+//! warning, the recovery with the time it took; a timeout ends the job. Everything
 //! else (a rejected statement, a progress that does not fit this run) is fatal and stops the
 //! job; its restart resumes from the last committed epoch.
 
@@ -96,9 +99,8 @@ pub const MIGRATIONS: &[Migration] = &[
 /// The file job's name in `ttp_job` and `ttp_progress`.
 pub const FILE_JOB: &str = "embedded";
 
-/// Attempts of a file job's commit that fails transiently (a Kafka job retries until the
-/// database is back: its input waits in the topics).
-const COMMIT_ATTEMPTS: u32 = 6;
+/// The longest pause between two attempts while PostgreSQL is unavailable.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// Errors of the PostgreSQL sink.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +142,12 @@ pub enum PostgresError {
     ReadRuleStates(#[source] postgres::Error),
     #[error("failed to read the rule state of \"{rule_id}\": {message}")]
     RuleState { rule_id: String, message: String },
+    #[error("gave up after {waited_s:.1} s of PostgreSQL being unavailable (the sink timeout)")]
+    Unavailable {
+        waited_s: f64,
+        #[source]
+        source: Box<PostgresError>,
+    },
 }
 
 impl PostgresError {
@@ -158,7 +166,8 @@ impl PostgresError {
             | PostgresError::NotOnBoundary { .. }
             | PostgresError::BeyondInput { .. }
             | PostgresError::RollupConflict { .. }
-            | PostgresError::RuleState { .. } => false,
+            | PostgresError::RuleState { .. }
+            | PostgresError::Unavailable { .. } => false,
         }
     }
 }
@@ -340,6 +349,8 @@ pub struct Sink {
     resumed: bool,
     epoch: u64,
     stats: SinkStats,
+    /// How long an outage is waited out; none: for as long as it takes.
+    timeout: Option<Duration>,
 }
 
 impl SinkStats {
@@ -404,27 +415,32 @@ pub fn net_rollups(epoch: u64, mut changes: Vec<(RollupRow, Diff)>) -> Result<Ve
 impl Sink {
     /// Connects, applies the migrations and reads the stored progress for a run over `inputs`
     /// (named by their paths as given) in epochs of `epoch_records`.
-    pub fn open(url: &str, inputs: &[PathBuf], epoch_records: u64) -> Result<Sink, PostgresError> {
+    pub fn open(
+        url: &str,
+        inputs: &[PathBuf],
+        epoch_records: u64,
+        timeout: Option<Duration>,
+    ) -> Result<Sink, PostgresError> {
         let inputs: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
         let mut seen = BTreeSet::new();
         if let Some(twice) = inputs.iter().find(|name| !seen.insert(name.as_str())) {
             return Err(PostgresError::DuplicateInput(twice.clone()));
         }
-        let mut client = connect(url)?;
-        let applied = migrate(&mut client)?;
+        let mut client = None;
+        let applied = with_retries(url, &mut client, 0, timeout, &|_| {}, migrate)?;
         if !applied.is_empty() {
             tracing::info!(versions = ?applied, "applied migrations");
         }
-        let stored = read_progress(&mut client)?;
+        let stored = with_retries(url, &mut client, 0, timeout, &|_| {}, read_progress)?;
         if let Some(foreign) = stored.offsets.keys().find(|name| !inputs.contains(name)) {
             return Err(PostgresError::ForeignInput(foreign.clone()));
         }
         let stored_ends = inputs.iter().map(|name| stored.offsets.get(name).copied().unwrap_or(0)).collect();
-        prepare(&mut client).map_err(PostgresError::Connect)?;
         let last_end = vec![0; inputs.len()];
         Ok(Sink {
             url: url.to_string(),
-            client: Some(client),
+            client,
+            timeout,
             inputs,
             epoch_records,
             stored,
@@ -521,7 +537,7 @@ impl Sink {
             outbox: None,
             reset: false,
         };
-        let committed = with_retries(&self.url, &mut self.client, epoch, COMMIT_ATTEMPTS, &|_| {}, |client| {
+        let committed = with_retries(&self.url, &mut self.client, epoch, self.timeout, &|_| {}, |client| {
             commit(client, &batch)
         })?;
         Ok(committed.inserted)
@@ -529,17 +545,21 @@ impl Sink {
 }
 
 /// Runs `attempt` on the connection (a new one when there is none or the last failed),
-/// retrying transient failures with backoff; a failed attempt's transaction has rolled back.
+/// retrying transient failures with backoff until `timeout` (none: for as long as it
+/// takes) has passed since the first failure; a failed attempt's transaction has rolled
+/// back. The first failure is logged as a warning, the later ones at debug level, and a
+/// recovery with the attempts and the time it took.
 pub(crate) fn with_retries<T>(
     url: &str,
     client: &mut Option<Client>,
     epoch: u64,
-    attempts: u32,
+    timeout: Option<Duration>,
     on_retry: &dyn Fn(&PostgresError),
     mut attempt: impl FnMut(&mut Client) -> Result<T, PostgresError>,
 ) -> Result<T, PostgresError> {
     let mut pause = Duration::from_millis(100);
-    let mut tries = 1;
+    let mut failed_since: Option<Instant> = None;
+    let mut tries: u64 = 1;
     loop {
         let result = match client.take() {
             Some(client) => Ok(client),
@@ -554,14 +574,30 @@ pub(crate) fn with_retries<T>(
             Ok(value)
         });
         match result {
-            Err(e) if e.is_transient() && tries < attempts => {
-                tracing::warn!(epoch, attempt = tries, error = %e, "postgres commit failed, retrying");
+            Ok(value) => {
+                if let Some(since) = failed_since {
+                    tracing::info!(epoch, attempts = tries, waited_s = since.elapsed().as_secs_f64(), "postgres is back");
+                }
+                return Ok(value);
+            }
+            Err(e) if e.is_transient() => {
+                let since = *failed_since.get_or_insert_with(Instant::now);
+                let waited = since.elapsed();
+                if timeout.is_some_and(|limit| waited + pause > limit) {
+                    tracing::error!(epoch, attempts = tries, waited_s = waited.as_secs_f64(), error = %e, "postgres unavailable, giving up");
+                    return Err(PostgresError::Unavailable { waited_s: waited.as_secs_f64(), source: Box::new(e) });
+                }
+                if tries == 1 {
+                    tracing::warn!(epoch, error = %e, "postgres unavailable, retrying until it is back");
+                } else {
+                    tracing::debug!(epoch, attempt = tries, error = %e, "postgres still unavailable");
+                }
                 on_retry(&e);
                 std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(5));
+                pause = (pause * 2).min(MAX_PAUSE);
                 tries += 1;
             }
-            other => return other,
+            Err(e) => return Err(e),
         }
     }
 }
@@ -583,22 +619,30 @@ pub struct StreamSink {
     /// Outbox messages published but not yet cleared, up to this id.
     published_through: Option<i64>,
     stats: SinkStats,
+    /// How long an outage is waited out; none: for as long as it takes.
+    timeout: Option<Duration>,
     /// Told of every transient failure before its retry.
     on_retry: Box<dyn Fn(&PostgresError) + Send>,
 }
 
 impl StreamSink {
     /// Connects and applies the migrations.
-    pub fn open(url: &str, job: &str, epoch_records: u64, reset: bool) -> Result<StreamSink, PostgresError> {
-        let mut client = connect(url)?;
-        let applied = migrate(&mut client)?;
+    pub fn open(
+        url: &str,
+        job: &str,
+        epoch_records: u64,
+        reset: bool,
+        timeout: Option<Duration>,
+    ) -> Result<StreamSink, PostgresError> {
+        let mut client = None;
+        let applied = with_retries(url, &mut client, 0, timeout, &|_| {}, migrate)?;
         if !applied.is_empty() {
             tracing::info!(versions = ?applied, "applied migrations");
         }
-        prepare(&mut client).map_err(PostgresError::Connect)?;
         Ok(StreamSink {
             url: url.to_string(),
-            client: Some(client),
+            client,
+            timeout,
             job: job.to_string(),
             epoch_records,
             reset,
@@ -619,13 +663,13 @@ impl StreamSink {
             return Ok(Vec::new());
         }
         let (url, job) = (self.url.clone(), self.job.clone());
-        with_retries(&url, &mut self.client, 0, u32::MAX, &*self.on_retry, |client| read_positions(client, &job))
+        with_retries(&url, &mut self.client, 0, self.timeout, &*self.on_retry, |client| read_positions(client, &job))
     }
 
     /// Messages a previous run committed and may not have published.
     pub fn leftover_messages(&mut self) -> Result<Vec<(i64, Message)>, PostgresError> {
         let (url, job) = (self.url.clone(), self.job.clone());
-        with_retries(&url, &mut self.client, 0, u32::MAX, &*self.on_retry, |client| read_outbox(client, &job))
+        with_retries(&url, &mut self.client, 0, self.timeout, &*self.on_retry, |client| read_outbox(client, &job))
     }
 
     pub fn stats(&self) -> SinkStats {
@@ -656,7 +700,7 @@ impl StreamSink {
             reset: self.reset,
         };
         let job = self.job.clone();
-        let committed = with_retries(&self.url, &mut self.client, epoch, u32::MAX, &*self.on_retry, |client| {
+        let committed = with_retries(&self.url, &mut self.client, epoch, self.timeout, &*self.on_retry, |client| {
             if let Some(last) = clear {
                 clear_outbox(client, &job, last).map_err(|source| PostgresError::Commit { epoch, source })?;
             }
@@ -683,7 +727,7 @@ impl StreamSink {
     pub fn finish(&mut self) -> Result<(), PostgresError> {
         if let Some(last) = self.published_through.take() {
             let job = self.job.clone();
-            with_retries(&self.url.clone(), &mut self.client, 0, u32::MAX, &*self.on_retry, |client| {
+            with_retries(&self.url.clone(), &mut self.client, 0, self.timeout, &*self.on_retry, |client| {
                 clear_outbox(client, &job, last).map_err(|source| PostgresError::Commit { epoch: 0, source })
             })?;
         }

@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub artifacts_dir: Option<PathBuf>,
     /// PostgreSQL connection string: commit tags and progress there too, per epoch.
     pub postgres: Option<String>,
+    /// How long the PostgreSQL sink waits out an outage; none: for as long as it takes.
+    pub sink_timeout: Option<std::time::Duration>,
     /// Where to sum the time spent per stage, when wanted.
     pub stage_times: Option<StageTimes>,
 }
@@ -126,7 +128,7 @@ pub fn run_files(options: RunOptions) -> Result<Summary, RunError> {
     // Connect, migrate and read the progress before the workers start, so that a failure
     // stops the run before any worker has built its dataflow.
     let sink = match &options.postgres {
-        Some(url) => Some(Sink::open(url, &options.inputs, options.epoch_records.max(1))?),
+        Some(url) => Some(Sink::open(url, &options.inputs, options.epoch_records.max(1), options.sink_timeout)?),
         None => None,
     };
     let sink = Mutex::new(sink);

@@ -202,7 +202,13 @@ pub fn run(options: StreamOptions) -> Result<StreamSummary, StreamError> {
         None => None,
     };
     let reset = options.mode == Mode::Replay(ReplayFrom::Start);
-    let mut sink = StreamSink::open(&options.postgres, &options.config.job, options.config.epoch_records, reset)?;
+    let mut sink = StreamSink::open(
+        &options.postgres,
+        &options.config.job,
+        options.config.epoch_records,
+        reset,
+        options.config.sink_timeout(),
+    )?;
     let retry_health = Arc::clone(&health);
     sink.on_retry(move |e| retry_health.set_unhealthy(format!("postgres: {e}; retrying")));
     let plans = plan(&options, &mut sink)?;

@@ -69,6 +69,7 @@ pub fn run_with_artifacts(
         pack: Arc::new(loaded.pack),
         artifacts_dir: artifacts_dir.map(Path::to_path_buf),
         postgres: None,
+        sink_timeout: None,
         stage_times: None,
     })
     .expect("run succeeds");

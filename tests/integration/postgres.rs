@@ -24,8 +24,40 @@ const BASE: &str = "/tmp/ttpflow-pg-tests";
 struct Server {
     socket_dir: PathBuf,
     port: u16,
+    /// `pg_ctl`, the data directory, the server's options and log, and whether it runs as
+    /// the `postgres` user: what stopping and starting it again take.
+    pg_ctl: PathBuf,
+    data: String,
+    options: String,
+    log: String,
+    as_postgres: bool,
     /// Outlives this process on purpose, to stop the server after it.
     _watcher: std::process::Child,
+}
+
+impl Server {
+    fn url(&self, db: &str) -> String {
+        format!("host={} port={} user=postgres dbname={db}", self.socket_dir.display(), self.port)
+    }
+
+    /// Stops the server at once, as a crash or an outage would.
+    fn stop(&self) {
+        run_checked(
+            pg_command(&self.pg_ctl, &["-D", &self.data, "stop", "-m", "immediate", "-w"], self.as_postgres),
+            "pg_ctl stop",
+        );
+    }
+
+    fn start(&self) {
+        run_checked(
+            pg_command(
+                &self.pg_ctl,
+                &["-D", &self.data, "-o", &self.options, "-l", &self.log, "-w", "start"],
+                self.as_postgres,
+            ),
+            "pg_ctl start",
+        );
+    }
 }
 
 fn is_root() -> bool {
@@ -59,7 +91,9 @@ fn run_checked(mut cmd: Command, what: &str) {
 fn stop_stale(pg_ctl: &Path, as_postgres: bool) {
     let Ok(entries) = std::fs::read_dir(BASE) else { return };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|s| s.split('-').next()).and_then(|s| s.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
@@ -72,7 +106,10 @@ fn stop_stale(pg_ctl: &Path, as_postgres: bool) {
     }
 }
 
-fn start_server() -> Server {
+/// Starts a server of this test binary named `name` (`shared` for the one most tests use).
+/// A server that is to be crashed keeps `synchronous_commit` on, so that a commit it has
+/// acknowledged survives the crash (as in production); the others skip it, for speed.
+fn start_server(name: &str, crashed: bool) -> Server {
     let bin = std::env::var_os("TTPFLOW_PG_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
@@ -85,7 +122,7 @@ fn start_server() -> Server {
     );
     let as_postgres = is_root();
     stop_stale(&pg_ctl, as_postgres);
-    let dir = PathBuf::from(BASE).join(std::process::id().to_string());
+    let dir = PathBuf::from(BASE).join(format!("{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the server directory");
     std::fs::set_permissions(BASE, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).ok();
@@ -106,8 +143,9 @@ fn start_server() -> Server {
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port();
     let options = format!(
-        "-k {} -p {port} -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-        dir.display()
+        "-k {} -p {port} -c listen_addresses='' -c fsync=off -c synchronous_commit={} -c full_page_writes=off",
+        dir.display(),
+        if crashed { "on" } else { "off" }
     );
     let log = dir.join("server.log").display().to_string();
     run_checked(
@@ -133,17 +171,16 @@ fn start_server() -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the server's watcher");
-    Server { socket_dir: dir, port, _watcher: watcher }
+    Server { socket_dir: dir, port, pg_ctl, data, options, log, as_postgres, _watcher: watcher }
 }
 
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(start_server)
+    SERVER.get_or_init(|| start_server("shared", false))
 }
 
 pub(crate) fn url(db: &str) -> String {
-    let server = server();
-    format!("host={} port={} user=postgres dbname={db}", server.socket_dir.display(), server.port)
+    server().url(db)
 }
 
 /// A fresh database named `name`.
@@ -179,6 +216,7 @@ fn run_pg(rules_dir: &Path, inputs: &[PathBuf], epoch_records: u64, url: &str) -
         pack: std::sync::Arc::new(loaded.pack),
         artifacts_dir: None,
         postgres: Some(url.to_string()),
+        sink_timeout: None,
         stage_times: None,
     })
     .expect("run succeeds");
@@ -517,6 +555,7 @@ fn a_second_run_commits_nothing_and_changes_no_row() {
         pack: std::sync::Arc::new(loaded.pack),
         artifacts_dir: None,
         postgres: Some(url.clone()),
+        sink_timeout: None,
         stage_times: None,
     });
     let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
@@ -592,6 +631,106 @@ fn kill_9_and_rerun_give_the_tables_of_an_uninterrupted_run() {
     }
     // The last run wrote rollups.jsonl from the whole input, as the uninterrupted one did.
     assert_same_rollups(&got, &read_jsonl(&out.join("rollups.jsonl")).1, name);
+}
+
+/// A run that meets a PostgreSQL outage waits it out and stores what an uninterrupted run
+/// does; with `--sink-timeout` it gives up instead, with the reason.
+#[test]
+fn a_file_run_waits_out_an_outage_of_postgresql() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = crate::common::write_pack(dir.path(), &[(
+        "N0001",
+        "rule_id: N0001\nrule_version: 1\nname: os_release\napplies_to: [command]\nmatch: {pattern: 'os-release'}\nemits:\n  - {tactic: TA0007, technique_id: T1082, confidence: 0.6}\nevidence_fields: [command_text]\n",
+    )]);
+    let mut lines = vec![r#"{"topic":"decnet.attackers","key":"a-1","value":{"uuid":"a-1","ip":"192.0.2.1"}}"#.to_string()];
+    lines.extend((0..59).map(|i| {
+        format!(
+            r#"{{"topic":"attacker.session.ended","type":"session.ended","payload":{{"attacker_uuid":"a-1","session_id":"s-{i}","commands":["cat /etc/os-release"]}}}}"#
+        )
+    }));
+    let whole_input = crate::common::write_input(dir.path(), "outage.jsonl", &lines.iter().map(String::as_str).collect::<Vec<_>>());
+    let whole = database("outage_whole");
+    let status = Command::new(env!("CARGO_BIN_EXE_ttpflow"))
+        .args(["run", "--epoch-records", "10", "--input", "-"])
+        .arg("--rules")
+        .arg(&rules)
+        .arg("--out")
+        .arg(dir.path().join("whole"))
+        .env("TTPFLOW_POSTGRES", &whole)
+        .stdin(std::fs::File::open(&whole_input).unwrap())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let private = start_server("outage", true);
+    let url = {
+        let mut admin = ttpflow::postgres::connect(&private.url("postgres")).expect("connect to the private server");
+        admin.batch_execute("CREATE DATABASE outage").expect("create database");
+        private.url("outage")
+    };
+    let log = dir.path().join("outage.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ttpflow"))
+        .args(["run", "--epoch-records", "10", "--input", "-"])
+        .arg("--rules")
+        .arg(&rules)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .env("TTPFLOW_POSTGRES", &url)
+        .env("TTPFLOW_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("ttpflow starts");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut feed = |part: &[String]| {
+        use std::io::Write as _;
+        for line in part {
+            writeln!(stdin, "{line}").unwrap();
+        }
+        stdin.flush().unwrap();
+    };
+    feed(&lines[..20]);
+    std::thread::sleep(Duration::from_millis(500));
+    private.stop();
+    // The next epochs find no server: well past the six attempts (3.2 s) of old.
+    feed(&lines[20..40]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(child.try_wait().unwrap().is_none(), "the run waits: {}", std::fs::read_to_string(&log).unwrap());
+    private.start();
+    feed(&lines[40..]);
+    drop(feed);
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(text.contains("postgres unavailable, retrying until it is back"), "the outage is logged: {text}");
+    assert!(text.contains("postgres is back"), "the recovery is logged: {text}");
+    assert_eq!(progress(&url), progress(&whole));
+    let (got, want) = (stored_tags(&url), stored_tags(&whole));
+    assert!(got == want, "the tags of an uninterrupted run: {:?}", got.iter().zip(&want).find(|(a, b)| a != b));
+    assert!(stored_rollups(&url) == stored_rollups(&whole), "the rollups of an uninterrupted run");
+    assert_eq!(stored_tags(&url).len(), 59);
+
+    // With a sink timeout, an outage ends the run, with the reason.
+    private.stop();
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_ttpflow"))
+        .args(["run", "--sink-timeout", "1", "--input"])
+        .arg(&whole_input)
+        .arg("--rules")
+        .arg(&rules)
+        .arg("--out")
+        .arg(dir.path().join("timeout"))
+        .env("TTPFLOW_POSTGRES", &url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("of PostgreSQL being unavailable (the sink timeout)"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30), "it gives up");
 }
 
 /// A pack of three command rules: a sub-technique under credential access, one under command
