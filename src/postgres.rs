@@ -72,7 +72,7 @@ use std::time::{Duration, Instant, SystemTime};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Transaction};
-use ttpflow_dataflows::record::Tag;
+use ttpflow_dataflows::record::{DeadLetter, Reason, Tag};
 use ttpflow_dataflows::rollup::RollupRow;
 use ttpflow_dataflows::rules::RuleState;
 use ttpflow_dataflows::types::Diff;
@@ -351,6 +351,8 @@ pub struct Sink {
     stats: SinkStats,
     /// How long an outage is waited out; none: for as long as it takes.
     timeout: Option<Duration>,
+    /// Dead letters of the tags the server refused, not taken yet.
+    rejected: Vec<DeadLetter>,
 }
 
 impl SinkStats {
@@ -441,6 +443,7 @@ impl Sink {
             url: url.to_string(),
             client,
             timeout,
+            rejected: Vec::new(),
             inputs,
             epoch_records,
             stored,
@@ -450,6 +453,11 @@ impl Sink {
             epoch: 0,
             stats: SinkStats::default(),
         })
+    }
+
+    /// The dead letters of the tags the server refused since the last call.
+    pub fn take_rejected(&mut self) -> Vec<DeadLetter> {
+        std::mem::take(&mut self.rejected)
     }
 
     /// The progress found at start.
@@ -540,6 +548,7 @@ impl Sink {
         let committed = with_retries(&self.url, &mut self.client, epoch, self.timeout, &|_| {}, |client| {
             commit(client, &batch)
         })?;
+        self.rejected.extend(committed.rejected);
         Ok(committed.inserted)
     }
 }
@@ -676,8 +685,9 @@ impl StreamSink {
         self.stats
     }
 
-    /// Commits one or more complete epochs at once; returns the messages to publish now
-    /// and the outbox id to report to [`StreamSink::published`] once they are delivered.
+    /// Commits one or more complete epochs at once; returns the messages to publish now,
+    /// the outbox id to report to [`StreamSink::published`] once they are delivered, and
+    /// the dead letters of the tags the server refused.
     pub fn commit(
         &mut self,
         epoch: u64,
@@ -685,7 +695,7 @@ impl StreamSink {
         tags: &[Tag],
         rollups: Vec<(RollupRow, Diff)>,
         compose: Option<Compose<'_>>,
-    ) -> Result<(Vec<Message>, Option<i64>), PostgresError> {
+    ) -> Result<(Vec<Message>, Option<i64>, Vec<DeadLetter>), PostgresError> {
         let started = Instant::now();
         let rollups = net_rollups(epoch, rollups)?;
         let clear = self.published_through.take();
@@ -714,7 +724,7 @@ impl StreamSink {
         let upserted = rollups.iter().filter(|c| matches!(c, RollupChange::Upsert(_))).count() as u64;
         self.stats.rollups_upserted += upserted;
         self.stats.rollups_deleted += rollups.len() as u64 - upserted;
-        Ok((committed.messages, committed.outbox_last))
+        Ok((committed.messages, committed.outbox_last, committed.rejected))
     }
 
     /// The outbox messages up to `last` are delivered: they are cleared with the next
@@ -806,8 +816,9 @@ pub struct Message {
     pub value: Option<Vec<u8>>,
 }
 
-/// Composes an epoch's messages from its newly stored tags.
-pub(crate) type Compose<'a> = &'a dyn Fn(&[&Tag]) -> Vec<Message>;
+/// Composes an epoch's messages from its newly stored tags and the dead letters of the
+/// tags the server refused.
+pub(crate) type Compose<'a> = &'a dyn Fn(&[&Tag], &[DeadLetter]) -> Vec<Message>;
 
 /// What one epoch commits.
 pub(crate) struct Batch<'a> {
@@ -828,16 +839,55 @@ pub(crate) struct Batch<'a> {
 /// What a commit did.
 pub(crate) struct Committed {
     pub inserted: u64,
+    /// The tags the server refused, as `sink_rejected` dead letters.
+    pub rejected: Vec<DeadLetter>,
     /// The epoch's messages and the outbox id of the last one.
     pub messages: Vec<Message>,
     pub outbox_last: Option<i64>,
 }
 
+/// Whether the server refused the data of a row rather than the statement or the
+/// connection: a data exception (class 22), an integrity constraint other than a duplicate
+/// key (class 23, such as a CHECK a site added), a program limit (class 54, such as an
+/// index row too large).
+fn is_refused_data(e: &PostgresError) -> bool {
+    let PostgresError::Commit { source, .. } = e else { return false };
+    source.code().is_some_and(|code| {
+        let code = code.code();
+        ["22", "23", "54"].iter().any(|class| code.starts_with(class)) && code != "23505"
+    })
+}
+
+/// The server's message of an error, without its detail (which may quote the row).
+fn server_message(e: &PostgresError) -> String {
+    match e {
+        PostgresError::Commit { source, .. } => match source.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => source.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// One epoch in one transaction (see [`commit_once`]). When the server refuses the data of
+/// a row, the epoch is committed again row by row ([`store_row_by_row`]): the rows it
+/// refuses are left out, a tag as a `sink_rejected` dead letter, and the rest is stored,
+/// so that no record stops the sink and no error is retried on the same data.
+pub(crate) fn commit(client: &mut Client, batch: &Batch<'_>) -> Result<Committed, PostgresError> {
+    match commit_once(client, batch, false) {
+        Err(e) if is_refused_data(&e) => {
+            tracing::warn!(epoch = batch.epoch, error = %server_message(&e), "postgres refused a row, storing the epoch row by row");
+            commit_once(client, batch, true)
+        }
+        other => other,
+    }
+}
+
 /// One epoch in one transaction: its tags (binary COPY into the staging table, then one
 /// insert that skips stored uuids), its rollup changes (binary COPY, then one upsert and
 /// one delete), the messages of its new tags into the outbox, the positions it moved and
-/// the epoch size.
-pub(crate) fn commit(client: &mut Client, batch: &Batch<'_>) -> Result<Committed, PostgresError> {
+/// the epoch size. `row_by_row` stores each tag and rollup change on its own savepoint.
+fn commit_once(client: &mut Client, batch: &Batch<'_>, row_by_row: bool) -> Result<Committed, PostgresError> {
     let failed = |source| PostgresError::Commit { epoch: batch.epoch, source };
     let mut tx = client.transaction().map_err(failed)?;
     if batch.reset {
@@ -845,15 +895,21 @@ pub(crate) fn commit(client: &mut Client, batch: &Batch<'_>) -> Result<Committed
         tx.execute("DELETE FROM ttp_progress WHERE job = $1", &[&batch.job]).map_err(failed)?;
     }
     let started = Instant::now();
-    let inserted = insert_tags(&mut tx, batch.epoch, batch.tags, batch.outbox.is_some())?;
+    let (inserted, rejected) = if row_by_row {
+        store_row_by_row(&mut tx, batch)?
+    } else {
+        (insert_tags(&mut tx, batch.epoch, batch.tags, batch.outbox.is_some())?, Vec::new())
+    };
     let tags_done = Instant::now();
-    apply_rollups(&mut tx, batch.rollups).map_err(failed)?;
+    if !row_by_row {
+        apply_rollups(&mut tx, batch.rollups).map_err(failed)?;
+    }
     let rollups_done = Instant::now();
     let (mut messages, mut outbox_last, mut composed) = (Vec::new(), None, rollups_done);
     if let Some(compose) = batch.outbox {
         let new: BTreeSet<[u8; 16]> = inserted.uuids.iter().copied().collect();
         let fresh: Vec<&Tag> = batch.tags.iter().filter(|t| new.contains(&t.uuid)).collect();
-        messages = compose(&fresh);
+        messages = compose(&fresh, &rejected);
         composed = Instant::now();
         outbox_last = write_outbox(&mut tx, batch.job, &messages).map_err(failed)?;
     }
@@ -891,7 +947,59 @@ pub(crate) fn commit(client: &mut Client, batch: &Batch<'_>) -> Result<Committed
         commit_ms = ms(progress_done, Instant::now()),
         "commit phases"
     );
-    Ok(Committed { inserted: inserted.count, messages, outbox_last })
+    Ok(Committed { inserted: inserted.count, rejected, messages, outbox_last })
+}
+
+/// Stores an epoch's tags and rollup changes one by one, each on a savepoint: a row the
+/// server refuses for its data is rolled back and left out. A refused tag becomes a
+/// `sink_rejected` dead letter of its record; a refused rollup change is logged with its
+/// key (the row stays as it was).
+fn store_row_by_row(tx: &mut Transaction<'_>, batch: &Batch<'_>) -> Result<(Inserted, Vec<DeadLetter>), PostgresError> {
+    let failed = |source| PostgresError::Commit { epoch: batch.epoch, source };
+    let mut inserted = Inserted { count: 0, uuids: Vec::new() };
+    let mut rejected = Vec::new();
+    for tag in batch.tags {
+        let mut row = tx.transaction().map_err(failed)?;
+        let stored = insert_tags(&mut row, batch.epoch, std::slice::from_ref(tag), batch.outbox.is_some())
+            .and_then(|one| row.execute("DELETE FROM ttp_tag_in", &[]).map(|_| one).map_err(failed));
+        match stored {
+            Ok(one) => {
+                row.commit().map_err(failed)?;
+                inserted.count += one.count;
+                inserted.uuids.extend(one.uuids);
+            }
+            Err(e) if is_refused_data(&e) => {
+                drop(row);
+                let uuid = uuid::Uuid::from_bytes(tag.uuid);
+                let message = server_message(&e);
+                tracing::warn!(epoch = batch.epoch, rule = %tag.rule_id, %uuid, error = %message, "postgres refused a tag");
+                rejected.push(DeadLetter {
+                    pos: tag.pos,
+                    topic: None,
+                    reason: Reason::SinkRejected,
+                    detail: format!("PostgreSQL refused tag {uuid} of rule {}: {message}", tag.rule_id),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for change in batch.rollups {
+        let mut row = tx.transaction().map_err(failed)?;
+        let stored = apply_rollups(&mut row, std::slice::from_ref(change))
+            .and_then(|()| row.execute("DELETE FROM ttp_rollup_in", &[]).map(|_| ()))
+            .map_err(failed);
+        match stored {
+            Ok(()) => row.commit().map_err(failed)?,
+            Err(e) if is_refused_data(&e) => {
+                let key = match change {
+                    RollupChange::Upsert(r) | RollupChange::Delete(r) => describe_key(r),
+                };
+                tracing::error!(epoch = batch.epoch, %key, error = %server_message(&e), "postgres refused a rollup row, left as it was");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((inserted, rejected))
 }
 
 /// Appends messages to the outbox (binary COPY, which numbers the rows in order); returns

@@ -195,7 +195,7 @@ fn run_worker(
             // epoch's tags and its rollup changes are in.
             let changes =
                 tags.clone().map(|tag| Commit::Tag(Box::new(tag))).concat(rollups.clone().map(Commit::Rollup));
-            commit_epochs(changes, committer.clone());
+            commit_epochs(changes, committer.clone(), writers.clone(), inputs.clone());
         }
         write_tags(tags, writers.clone());
         write_dead_letters(outputs.dead_letters.probe_with(&probe), writers.clone(), inputs.clone());
@@ -329,7 +329,14 @@ struct EpochChanges {
 
 /// Commits each complete epoch to PostgreSQL, in epoch order, with the epoch's end
 /// positions, also when the epoch has no changes (its progress still moves).
-fn commit_epochs(changes: Coll<'_, Commit>, committer: Option<Rc<RefCell<Committer>>>) {
+/// Commits every epoch once the frontier passes it; the dead letters of the tags the
+/// server refused go to `dead_letters.jsonl`.
+fn commit_epochs(
+    changes: Coll<'_, Commit>,
+    committer: Option<Rc<RefCell<Committer>>>,
+    writers: Option<Rc<RefCell<Writers>>>,
+    inputs: Vec<PathBuf>,
+) {
     let mut stash: BTreeMap<Time, EpochChanges> = BTreeMap::new();
     let mut finished = false;
     let pact = ExchangePact::new(|_: &(Commit, Time, Diff)| 0u64);
@@ -356,6 +363,12 @@ fn commit_epochs(changes: Coll<'_, Commit>, committer: Option<Rc<RefCell<Committ
             let changes = stash.remove(&time).unwrap_or_default();
             if committer.error.is_none() {
                 committer.error = committer.sink.epoch(&end, &changes.tags, changes.rollups).err();
+                let refused = committer.sink.take_rejected();
+                if let (Some(w), false) = (&writers, refused.is_empty()) {
+                    w.borrow_mut().write(|w| {
+                        refused.iter().try_for_each(|dead| w.dead_letters.write_with(|line| dead_letter_json(dead, &inputs, line)))
+                    });
+                }
             }
         }
         if frontier.frontier().is_empty() && !finished {

@@ -404,9 +404,9 @@ impl Committer {
         let publish = self.publisher.is_some();
         let (config, partitions) = (&self.publish, &self.partitions);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-        let compose = |fresh: &[&Tag]| -> Vec<Message> {
+        let compose = |fresh: &[&Tag], refused: &[DeadLetter]| -> Vec<Message> {
             let mut messages = publish::tag_messages(config, fresh, now);
-            messages.extend(dead.iter().map(|d| publish::dead_letter_message(config, d, partitions)));
+            messages.extend(dead.iter().chain(refused).map(|d| publish::dead_letter_message(config, d, partitions)));
             messages
         };
         let rollup_changes = if publish && !rollups.is_empty() {
@@ -414,8 +414,8 @@ impl Committer {
         } else {
             None
         };
-        let compose_rollups = |fresh: &[&Tag]| -> Vec<Message> {
-            let mut messages = compose(fresh);
+        let compose_rollups = |fresh: &[&Tag], refused: &[DeadLetter]| -> Vec<Message> {
+            let mut messages = compose(fresh, refused);
             if let Some(changes) = &rollup_changes {
                 messages.extend(publish::rollup_messages(config, changes));
             }
@@ -424,14 +424,14 @@ impl Committer {
         let outbox: Option<crate::postgres::Compose<'_>> = publish.then_some(&compose_rollups);
         let (started, inserted) = (Instant::now(), self.sink.stats().rows_inserted);
         match self.sink.commit(epoch, &positions, &tags, rollups, outbox) {
-            Ok((messages, last)) => {
+            Ok((messages, last, refused)) => {
                 self.metrics.observe_commit(started.elapsed());
                 if let Some(oldest) = oldest.filter(|ms| *ms > 0) {
                     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
                     self.metrics.observe_latency((now_ms - oldest).max(0) as f64 / 1000.0);
                 }
                 self.metrics.tags_stored(self.sink.stats().rows_inserted - inserted);
-                for letter in &dead {
+                for letter in dead.iter().chain(&refused) {
                     self.metrics.dead_letter_of(letter);
                     self.budget_warnings.note(letter);
                 }

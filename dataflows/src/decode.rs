@@ -17,7 +17,8 @@
 //! stay equal; a time (an event time field, the envelope `ts`, a command's `ts`) must be a
 //! real instant of years 1–9999 as RFC 3339 text or seconds since the epoch, else the record
 //! is a `wrong_type` dead letter (a date that does not exist, an offset of a day or more,
-//! milliseconds taken for seconds). The event time is the first time field present.
+//! milliseconds taken for seconds). The event time is the first time field present. An id
+//! longer than [`MAX_ID_BYTES`] (PostgreSQL indexes them) makes its record `oversize`.
 
 use std::sync::Arc;
 
@@ -31,6 +32,11 @@ use crate::types::{Coll, Diff, Scope, Time};
 
 /// Records larger than this are dead letters (`oversize`) rather than parsed.
 pub const MAX_RECORD_BYTES: usize = 4 << 20;
+
+/// The longest id (attacker, identity, campaign, session, decky, table key): ids are index
+/// keys in PostgreSQL, whose index rows hold at most 2,704 bytes; a longer id makes its
+/// record an `oversize` dead letter.
+pub const MAX_ID_BYTES: usize = 1024;
 
 /// Bus topics consumed besides the `canary.<token>.<action>` family.
 pub const BUS_TOPICS: &[&str] = &[
@@ -307,9 +313,22 @@ fn decode_event(pos: crate::record::Pos, topic: &str, value: Json) -> DecodeResu
     })
 }
 
+/// A string id no longer than [`MAX_ID_BYTES`].
+fn check_id(field: &str, value: &str) -> DecodeResult<()> {
+    if value.len() > MAX_ID_BYTES {
+        return Err((Reason::Oversize, format!("field \"{field}\" is {} bytes, at most {MAX_ID_BYTES}", value.len())));
+    }
+    Ok(())
+}
+
 fn check_fields(object: &Json, fields: &[(&str, Ty)], prefix: &str) -> DecodeResult<()> {
     for (field, ty) in fields {
         let Some(value) = object.get(field) else { continue };
+        if let (Ty::Id | Ty::Str, Json::Str(text) | Json::Num(text)) = (ty, value) {
+            if !matches!(*field, "command_text" | "text") {
+                check_id(&format!("{prefix}{field}"), text)?;
+            }
+        }
         let ok = matches!(
             (ty, value),
             (_, Json::Null) | (Ty::Str, Json::Str(_)) | (Ty::Id, Json::Str(_) | Json::Num(_)) | (Ty::Arr, Json::Arr(_))
@@ -333,6 +352,7 @@ fn decode_table(pos: crate::record::Pos, table: Table, record: &Json) -> DecodeR
         Some(other) => return Err(wrong_type("key", other, "string")),
         None => return Err((Reason::MissingField, "table record has no \"key\"".to_string())),
     };
+    check_id("key", &key)?;
     let value = match record.get("value") {
         None => return Err((Reason::MissingField, "table record has no \"value\"".to_string())),
         Some(v) => v,
@@ -356,7 +376,7 @@ fn decode_row(table: Table, key: &str, row: &Json) -> DecodeResult<TableRow> {
     let opt_str = |field: &str| -> DecodeResult<Option<String>> {
         match row.get(field) {
             None | Some(Json::Null) => Ok(None),
-            Some(Json::Str(s)) => Ok(Some(s.clone())),
+            Some(Json::Str(s)) => check_id(field, s).map(|()| Some(s.clone())),
             Some(other) => Err(wrong_type(field, other, "string")),
         }
     };
@@ -482,5 +502,21 @@ mod tests {
             text: Err(LineError::InvalidUtf8("invalid utf-8 at byte 3".into())),
         };
         assert!(matches!(decode(bad_utf8), Decoded::Dead(DeadLetter { reason: Reason::InvalidUtf8, .. })));
+    }
+
+    #[test]
+    fn ids_longer_than_an_index_key_holds_are_oversize() {
+        let long = "s".repeat(MAX_ID_BYTES + 1);
+        let ok = "s".repeat(MAX_ID_BYTES);
+        let session = |id: &str| format!(r#"{{"topic":"attacker.session.ended","payload":{{"session_id":"{id}"}}}}"#);
+        assert_eq!(reason(&session(&long)), Reason::Oversize);
+        assert!(matches!(decode(line(&session(&ok))), Decoded::Event(_)));
+        let table = |key: &str, id: &str| {
+            format!(r#"{{"topic":"decnet.attacker_identities","key":"{key}","value":{{"uuid":"i","merged_into_uuid":"{id}"}}}}"#)
+        };
+        assert_eq!(reason(&table(&long, "i")), Reason::Oversize);
+        assert_eq!(reason(&table("i", &long)), Reason::Oversize);
+        let command = format!(r#"{{"topic":"attacker.session.ended","payload":{{"commands":["{long}"]}}}}"#);
+        assert!(matches!(decode(line(&command)), Decoded::Event(_)), "commands are no ids");
     }
 }

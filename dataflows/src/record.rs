@@ -140,6 +140,9 @@ pub enum Reason {
     /// its budget: the record is used, but that rule did not judge it. The detail starts
     /// with the rule id.
     RuleBudgetExceeded,
+    /// PostgreSQL refused to store a tag of the record for a reason of its data (the
+    /// detail gives the rule, the tag and the server's message); the job went on.
+    SinkRejected,
 }
 
 impl Reason {
@@ -157,6 +160,7 @@ impl Reason {
             Reason::MergeCycle => "merge_cycle",
             Reason::SessionClosed => "session_closed",
             Reason::RuleBudgetExceeded => "rule_budget_exceeded",
+            Reason::SinkRejected => "sink_rejected",
         }
     }
 }

@@ -202,6 +202,8 @@ struct PgRun {
     tags: Vec<Value>,
     /// rollups.jsonl
     rollups: Vec<Value>,
+    /// dead_letters.jsonl
+    dead_letters: Vec<Value>,
 }
 
 /// Runs the job in-process with `--postgres url`.
@@ -221,7 +223,8 @@ fn run_pg(rules_dir: &Path, inputs: &[PathBuf], epoch_records: u64, url: &str) -
     })
     .expect("run succeeds");
     let tags = read_jsonl(&dir.path().join("tags.jsonl")).1;
-    PgRun { summary, tags, rollups: read_jsonl(&dir.path().join("rollups.jsonl")).1 }
+    let dead_letters = read_jsonl(&dir.path().join("dead_letters.jsonl")).1;
+    PgRun { summary, tags, rollups: read_jsonl(&dir.path().join("rollups.jsonl")).1, dead_letters }
 }
 
 /// `ttp_tag` as tags.jsonl objects by uuid (without `created_at`).
@@ -401,7 +404,7 @@ fn stored_tags_rollups_and_progress_equal_the_jsonl_outputs() {
         let started = Instant::now();
         // The example is small: small epochs, so its rows change across epochs too.
         let epoch_records = if name == "fleet" { 4 } else { 256 };
-        let PgRun { summary, tags, rollups } = run_pg(&rules_dir, &inputs, epoch_records, &url);
+        let PgRun { summary, tags, rollups, .. } = run_pg(&rules_dir, &inputs, epoch_records, &url);
         let stats = summary.postgres.expect("sink stats");
         println!(
             "{name}: {} tags and {} rollup upserts, {} deletes in {} epochs, sink {:.0} rows/s ({:?} committing), \
@@ -444,14 +447,72 @@ fn records_postgresql_cannot_store_as_given_do_not_stop_the_sink() {
         r#"{"topic":"attacker.session.ended","type":"session.ended","payload":{"attacker_uuid":"a-1","session_id":"s-4","ended_at":"9999-12-31T23:59:59Z","commands":["cat /etc/os-release"]}}"#,
         r#"{"topic":"attacker.session.ended","type":"session.ended","payload":{"attacker_uuid":"a-1","session_id":"s-5","commands":["uname -a; cat /etc/os-release"]}}"#,
     ];
+    // An id longer than an index row holds (random, so that PostgreSQL cannot compress it).
+    let mut seed = 7u64;
+    let long_id: String = (0..3000)
+        .map(|_| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            char::from(b'a' + (seed >> 59) as u8 % 26)
+        })
+        .collect();
+    let long = format!(
+        r#"{{"topic":"attacker.session.ended","type":"session.ended","payload":{{"attacker_uuid":"a-1","session_id":"{long_id}","commands":["cat /etc/os-release"]}}}}"#
+    );
+    let lines: Vec<&str> = lines.iter().copied().chain([long.as_str()]).collect();
     let input = crate::common::write_input(dir.path(), "hostile.jsonl", &lines);
     let url = database("hostile_values");
-    let PgRun { tags, rollups, .. } = run_pg(&rules, std::slice::from_ref(&input), 1, &url);
+    let PgRun { tags, rollups, dead_letters, .. } = run_pg(&rules, std::slice::from_ref(&input), 1, &url);
+    let reasons: Vec<(&str, i64)> =
+        dead_letters.iter().map(|d| (d["reason"].as_str().unwrap(), d["line"].as_i64().unwrap())).collect();
+    assert_eq!(reasons, [("wrong_type", 4), ("oversize", 7)], "{dead_letters:?}");
     let sessions: BTreeSet<&str> = tags.iter().filter_map(|t| t["session_id"].as_str()).collect();
     assert_eq!(sessions, BTreeSet::from(["s-1", "s-\u{FFFD}", "s-4", "s-5"]), "the time out of range is a dead letter");
     assert!(tags.iter().any(|t| t["evidence"]["command_text"] == "cat /etc/os-release; echo \u{FFFD}"));
     assert_same_tags(&stored_tags(&url), &tags, "hostile values");
     assert_same_rollups(&stored_rollups(&url), &rollups, "hostile values");
+    assert_eq!(progress(&url), line_counts(std::slice::from_ref(&input)), "every record is committed");
+}
+
+/// A row the server refuses (here for a CHECK constraint a site added) is left out as a
+/// `sink_rejected` dead letter with the server's message; every other row is stored and
+/// the run goes on to the end.
+#[test]
+fn a_tag_the_server_refuses_is_a_dead_letter_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = crate::common::write_pack(dir.path(), &[(
+        "N0001",
+        "rule_id: N0001\nrule_version: 1\nname: os_release\napplies_to: [command]\nmatch: {pattern: 'os-release'}\nemits:\n  - {tactic: TA0007, technique_id: T1082, confidence: 0.6}\nevidence_fields: [command_text]\n",
+    )]);
+    let session = |id: &str| {
+        format!(
+            r#"{{"topic":"attacker.session.ended","type":"session.ended","payload":{{"attacker_uuid":"a-1","session_id":"{id}","commands":["cat /etc/os-release"]}}}}"#
+        )
+    };
+    let lines = [
+        r#"{"topic":"decnet.attackers","key":"a-1","value":{"uuid":"a-1","ip":"192.0.2.1"}}"#.to_string(),
+        session("s-1"),
+        session("s-poison"),
+        session("s-3"),
+        session("s-4"),
+        session("s-5"),
+    ];
+    let input = crate::common::write_input(dir.path(), "refused.jsonl", &lines.iter().map(String::as_str).collect::<Vec<_>>());
+    let url = database("refused_rows");
+    let mut admin = client(&url);
+    ttpflow::postgres::migrate(&mut admin).expect("migrate");
+    admin
+        .batch_execute("ALTER TABLE ttp_tag ADD CONSTRAINT site_no_poison CHECK (session_id IS DISTINCT FROM 's-poison')")
+        .unwrap();
+    let PgRun { tags, dead_letters, .. } = run_pg(&rules, std::slice::from_ref(&input), 4, &url);
+    assert_eq!(tags.len(), 5, "tags.jsonl has every tag");
+    let stored: BTreeSet<String> =
+        stored_tags(&url).values().map(|t| t["session_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(stored, ["s-1", "s-3", "s-4", "s-5"].map(String::from).into(), "the rest of the epoch and the next are stored");
+    assert_eq!(dead_letters.len(), 1, "{dead_letters:?}");
+    let letter = &dead_letters[0];
+    assert_eq!((letter["reason"].as_str(), letter["line"].as_i64()), (Some("sink_rejected"), Some(3)));
+    let detail = letter["detail"].as_str().unwrap();
+    assert!(detail.contains("23514") && detail.contains("site_no_poison") && detail.contains("N0001"), "{detail}");
     assert_eq!(progress(&url), line_counts(std::slice::from_ref(&input)), "every record is committed");
 }
 
@@ -524,7 +585,7 @@ fn a_second_run_commits_nothing_and_changes_no_row() {
     let first = run_pg(&rules_dir, &inputs, 500, &url).summary;
     let before = raw_rows(&url);
     assert!(before.iter().any(|row| row.starts_with("rollup ")), "{name}: the first run stores rollup rows");
-    let PgRun { summary: second, tags, rollups } = run_pg(&rules_dir, &inputs, 500, &url);
+    let PgRun { summary: second, tags, rollups, .. } = run_pg(&rules_dir, &inputs, 500, &url);
     let (first, second) = (first.postgres.unwrap(), second.postgres.unwrap());
     assert!(first.epochs_committed > 0);
     assert_eq!(second.epochs_committed, 0, "{name}: every epoch is covered by the stored progress");
@@ -826,7 +887,7 @@ fn a_merge_moves_rollup_rows_with_updates_and_deletes() {
     let (rules_dir, input) = (merge_pack(dir.path()), merge_input(dir.path()));
     let url = database("merge");
     // One record per epoch: every row is inserted, updated and deleted in its own epoch.
-    let PgRun { summary, tags, rollups } = run_pg(&rules_dir, &[input], 1, &url);
+    let PgRun { summary, tags, rollups, .. } = run_pg(&rules_dir, &[input], 1, &url);
     let stats = summary.postgres.unwrap();
     assert_eq!(tags.len(), 6);
     let stored = stored_rollups(&url);
