@@ -218,6 +218,11 @@ pub struct JobArgs {
     /// Longest time a Kafka epoch stays open, in milliseconds.
     #[arg(long)]
     pub epoch_interval_ms: Option<u64>,
+    /// The deployment's hash key file, created when absent (`TTPFLOW_HASH_KEY` gives the
+    /// key itself); default `$XDG_STATE_HOME/ttpflow/hash.key` or
+    /// `~/.local/state/ttpflow/hash.key`.
+    #[arg(long, env = "TTPFLOW_HASH_KEY_FILE")]
+    pub hash_key_file: Option<PathBuf>,
     /// Seconds to wait out a PostgreSQL outage before giving up (default: for as long as
     /// it takes).
     #[arg(long, value_name = "SECONDS")]
@@ -262,6 +267,9 @@ impl JobArgs {
         }
         if let Some(v) = self.epoch_interval_ms {
             config.epoch_interval_ms = v;
+        }
+        if let Some(v) = &self.hash_key_file {
+            config.hash_key_file = Some(v.clone());
         }
         if let Some(v) = self.sink_timeout {
             config.sink_timeout_s = Some(v);
@@ -384,6 +392,7 @@ fn load_options(config: &JobConfig) -> Result<LoadOptions, BoxError> {
     if let Some(dir) = &config.intel_dir {
         options.intel = Arc::new(crate::intel_tables::load(dir)?);
     }
+    options.secret_key = Arc::new(crate::secret_key::load(config.hash_key_file.as_deref())?);
     Ok(options)
 }
 

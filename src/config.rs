@@ -46,6 +46,10 @@ pub struct JobConfig {
     pub epoch_interval_ms: u64,
     /// Seconds between checks of the rules directory and of `ttp_rule_state`.
     pub reload_interval_s: u64,
+    /// The file of the deployment's key of the hashes computed from secrets, created when
+    /// absent (`TTPFLOW_HASH_KEY` gives the key itself); default
+    /// `$XDG_STATE_HOME/ttpflow/hash.key`, else `~/.local/state/ttpflow/hash.key`.
+    pub hash_key_file: Option<PathBuf>,
     /// Seconds a PostgreSQL outage is waited out before the job gives up; absent: for as
     /// long as it takes.
     pub sink_timeout_s: Option<u64>,
@@ -68,6 +72,7 @@ impl Default for JobConfig {
             epoch_interval_ms: 200,
             reload_interval_s: 2,
             sink_timeout_s: None,
+            hash_key_file: None,
             metrics_addr: None,
             kafka: None,
         }

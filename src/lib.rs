@@ -20,5 +20,6 @@ pub mod reload;
 pub mod rollup_table;
 pub mod rules;
 pub mod runtime;
+pub mod secret_key;
 pub mod stage_times;
 pub mod stream;

@@ -213,7 +213,8 @@ impl RuleWatcher {
             })
             .collect();
         let pack = RulePack::new(rules, self.options.attack_release.clone())
-            .with_intel_tables(Arc::clone(&self.options.intel));
+            .with_intel_tables(Arc::clone(&self.options.intel))
+            .with_secret_key(Arc::clone(&self.options.secret_key));
         self.swap(pack)
     }
 

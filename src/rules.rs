@@ -20,6 +20,7 @@ use serde_yaml::Value;
 use ttpflow_dataflows::intel::IntelTables;
 use ttpflow_dataflows::json::Json;
 use ttpflow_dataflows::pyregex::PyRegex;
+use ttpflow_dataflows::secret::SecretKey;
 use ttpflow_dataflows::rules::{Emit, Matcher, Rule, RulePack, RuleState, StateMode};
 use ttpflow_dataflows::time;
 
@@ -83,6 +84,9 @@ pub struct LoadOptions {
     pub states: BTreeMap<String, RuleState>,
     /// The intel providers' mapping tables (the project's bundled ones by default).
     pub intel: Arc<IntelTables>,
+    /// The deployment's key of the hashes computed from secrets (the all-zero key by
+    /// default; the binary loads the deployment's, [`crate::secret_key`]).
+    pub secret_key: Arc<SecretKey>,
 }
 
 impl Default for LoadOptions {
@@ -91,6 +95,7 @@ impl Default for LoadOptions {
             attack_release: ttpflow_dataflows::rules::DEFAULT_ATTACK_RELEASE.to_string(),
             states: BTreeMap::new(),
             intel: Arc::new(crate::intel_tables::bundled()),
+            secret_key: Arc::default(),
         }
     }
 }
@@ -168,7 +173,9 @@ pub fn load_valid(dir: &Path, options: &LoadOptions) -> Result<(LoadedPack, Vec<
             examples.push(ex);
         }
     }
-    let pack = RulePack::new(rules, options.attack_release.clone()).with_intel_tables(Arc::clone(&options.intel));
+    let pack = RulePack::new(rules, options.attack_release.clone())
+        .with_intel_tables(Arc::clone(&options.intel))
+        .with_secret_key(Arc::clone(&options.secret_key));
     Ok((LoadedPack { pack, files, examples }, problems))
 }
 

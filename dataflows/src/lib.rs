@@ -43,6 +43,7 @@ pub mod record;
 pub mod rollup;
 pub mod rules;
 pub mod schedule;
+pub mod secret;
 pub mod shapes;
 pub mod shell;
 pub mod store;

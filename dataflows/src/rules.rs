@@ -20,6 +20,7 @@ use crate::json::Json;
 use crate::predicates::{Extra, Predicate};
 use crate::pyregex::{PyRegex, Search};
 use crate::record::{Confidence, Subject, Tag};
+use crate::secret::SecretKey;
 use crate::shell::{simple_commands, ShellMatch, SimpleCommand};
 use crate::tagid::tag_uuid;
 
@@ -112,6 +113,8 @@ pub struct RulePack {
     intel_rules: Vec<usize>,
     /// The intel providers' mapping tables.
     intel: Arc<IntelTables>,
+    /// The deployment's key of the hashes computed from secrets.
+    secret_key: Arc<SecretKey>,
 }
 
 /// DECNET's default match field per source kind for `pattern` rules.
@@ -156,13 +159,31 @@ impl RulePack {
         for kind_rules in by_kind.values_mut() {
             kind_rules.finish();
         }
-        RulePack { rules, attack_release: attack_release.into(), by_kind, intel_rules, intel: Arc::default() }
+        RulePack {
+            rules,
+            attack_release: attack_release.into(),
+            by_kind,
+            intel_rules,
+            intel: Arc::default(),
+            secret_key: Arc::default(),
+        }
     }
 
     /// The pack with the intel providers' mapping tables.
     pub fn with_intel_tables(mut self, tables: Arc<IntelTables>) -> RulePack {
         self.intel = tables;
         self
+    }
+
+    /// The pack with the deployment's key of the hashes computed from secrets (by default
+    /// the all-zero key).
+    pub fn with_secret_key(mut self, key: Arc<SecretKey>) -> RulePack {
+        self.secret_key = key;
+        self
+    }
+
+    pub fn secret_key(&self) -> &SecretKey {
+        &self.secret_key
     }
 
     pub fn rules(&self) -> &[Rule] {

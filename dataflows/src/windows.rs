@@ -115,8 +115,8 @@ const MINUTE_US: i64 = 60_000_000;
 /// R0004: distinct attackers that make a secret reused.
 const REUSE_MIN_ATTACKERS: f64 = 2.0;
 
-/// A SHA-256 digest.
-pub type Digest = [u8; 32];
+pub use crate::secret::Digest;
+use crate::secret::SecretKey;
 
 /// The stage: the windowed rules' tags.
 pub fn stage<'s>(subjects: Coll<'s, Subject>, tables: Coll<'s, TableUpdate>, packs: PackSchedule) -> Coll<'s, Tag> {
@@ -592,11 +592,11 @@ impl Plan {
             Detection::PasswordGuessing => {
                 let (username, password) = credential?;
                 let group = Group::Account { attacker, username: username.to_string() };
-                (group, Item::Hash(sha256(password)), true, true)
+                (group, Item::Hash(password_hash(self.pack.secret_key(), password)), true, true)
             }
             Detection::PasswordSpraying => {
                 let (username, password) = credential?;
-                let password = sha256(password);
+                let password = password_hash(self.pack.secret_key(), password);
                 let group = match &subject.identity_uuid {
                     Some(identity) => Group::Spraying { identity: identity.clone(), password },
                     None => Group::SprayingAttacker { attacker, password },
@@ -605,7 +605,7 @@ impl Plan {
             }
             Detection::CredentialReuse => {
                 let (username, password) = credential?;
-                (Group::Secret(secret_hash(username, password)), Item::Name(attacker), true, true)
+                (Group::Secret(secret_hash(self.pack.secret_key(), username, password)), Item::Name(attacker), true, true)
             }
             Detection::MassPhish => return None,
         };
@@ -750,18 +750,16 @@ fn attacker_of(subject: &Subject) -> Option<&str> {
     subject.attacker_uuid.as_deref().or(subject.identity_uuid.as_deref()).filter(|a| !a.is_empty())
 }
 
-/// The secret of a credential: SHA-256 over the username's length (8 bytes, big-endian),
-/// the username and the password, so that no two pairs share an encoding.
-pub fn secret_hash(username: &str, password: &str) -> Digest {
-    let mut hasher = Sha256::new();
-    hasher.update((username.len() as u64).to_be_bytes());
-    hasher.update(username.as_bytes());
-    hasher.update(password.as_bytes());
-    hasher.finalize().into()
+/// The secret of a credential: the deployment's keyed hash ([`SecretKey::hash`]) over the
+/// username's length (8 bytes, big-endian), the username and the password, so that no two
+/// pairs share an encoding.
+pub fn secret_hash(key: &SecretKey, username: &str, password: &str) -> Digest {
+    key.hash(&[&(username.len() as u64).to_be_bytes(), username.as_bytes(), password.as_bytes()])
 }
 
-fn sha256(text: &str) -> Digest {
-    Sha256::digest(text.as_bytes()).into()
+/// The keyed hash of a password.
+fn password_hash(key: &SecretKey, password: &str) -> Digest {
+    key.hash(&[password.as_bytes()])
 }
 
 fn hex(digest: &Digest) -> String {
@@ -1216,7 +1214,7 @@ mod tests {
             // Two accounts in the window, a third 61 minutes later: no spraying.
             epoch(vec![spray(40, 0, "a5", "u1"), spray(41, S, "a5", "u2"), spray(42, 61 * M, "a5", "u3")]),
         ];
-        let hash = sha256_hex(b"Winter2026!");
+        let hash = hex(&password_hash(&SecretKey::default(), "Winter2026!"));
         let evidence = format!(r#"{{"shared_password_hash":"{hash}","account_count":3}}"#);
         assert_eq!(
             final_tags(&run(vec![spraying()], epochs)),
@@ -1261,7 +1259,7 @@ mod tests {
                 tried(5, 0, "a5", "admin", "toor", "fail"),
             ])],
         );
-        let secret = hex(&secret_hash("root", "toor"));
+        let secret = hex(&secret_hash(&SecretKey::default(), "root", "toor"));
         let evidence = |n: u32| format!(r#"{{"credential_hash":"{secret}","reuse_count":{n}}}"#);
         assert_eq!(
             final_tags(&run),
@@ -1277,7 +1275,8 @@ mod tests {
             "no tag was rewritten: {:?}",
             run.tags.iter().map(|t| show(&t.0)).collect::<Vec<_>>()
         );
-        assert_ne!(secret_hash("ab", "c"), secret_hash("a", "bc"));
+        let key = SecretKey::default();
+        assert_ne!(secret_hash(&key, "ab", "c"), secret_hash(&key, "a", "bc"));
     }
 
     #[test]
@@ -1489,7 +1488,7 @@ mod tests {
         assert_eq!(
             heads,
             [
-                "R0004 credential/a1#cred:02654de09ddde849 @0",
+                "R0004 credential/a1#cred:7b68bedc456cc832 @0",
                 "R0001 auth_attempt/a1 @4",
                 "R0002 auth_attempt/a1 @4",
                 "R0001 auth_attempt/a1 @5",
@@ -1497,7 +1496,7 @@ mod tests {
                 "R0001 auth_attempt/a1 @6",
                 "R0002 auth_attempt/a1 @6",
                 "R0005 auth_attempt/a1 @6",
-                "R0004 credential/a2#cred:02654de09ddde849 @7",
+                "R0004 credential/a2#cred:7b68bedc456cc832 @7",
                 "R0003 identity/i-1 @9",
                 "R0042 email/m1 @10",
                 "R0042 email/m2 @11",
