@@ -38,6 +38,7 @@ pub mod intel;
 pub mod json;
 pub mod latest;
 pub mod predicates;
+pub mod privacy;
 pub mod pyregex;
 pub mod record;
 pub mod rollup;

@@ -357,11 +357,12 @@ impl Emitter<'_> {
     fn push_tags(&self, subject: &Subject, select: impl Fn(&Emit) -> Option<(f64, Json)>, out: &mut Vec<Tag>) {
         let rule = self;
         for (e, emit) in rule.emits.iter().enumerate() {
-            let Some((multiplier, evidence)) = select(emit) else { continue };
+            let Some((multiplier, mut evidence)) = select(emit) else { continue };
             let confidence = rule.state.apply_ceiling(emit.confidence * multiplier);
             if confidence < CONFIDENCE_FLOOR {
                 continue;
             }
+            crate::privacy::scrub(&mut evidence);
             let uuid = tag_uuid(
                 &subject.source_kind,
                 &subject.source_id,

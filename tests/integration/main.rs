@@ -7,6 +7,7 @@ mod generate;
 mod kafka;
 mod pipeline;
 mod postgres;
+mod privacy;
 mod regression;
 mod rollups;
 mod rules_pack;
