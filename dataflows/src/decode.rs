@@ -19,6 +19,11 @@
 //! is a `wrong_type` dead letter (a date that does not exist, an offset of a day or more,
 //! milliseconds taken for seconds). The event time is the first time field present. An id
 //! longer than [`MAX_ID_BYTES`] (PostgreSQL indexes them) makes its record `oversize`.
+//!
+//! Types: every payload field that the graph reads (anchors, ids, commands, and what the
+//! predicates, windows and intel providers read) has a type in [`FIELD_TYPES`]; present
+//! and not null, a value of another type makes the record `wrong_type` instead of being
+//! taken as absent. Numbers admit booleans, as Python's `int` does.
 
 use std::sync::Arc;
 
@@ -71,21 +76,28 @@ const EVENT_TIME_FIELDS: &[&str] =
     &["ended_at", "observed_at", "seen_at", "received_at", "first_seen", "ts", "timestamp"];
 
 /// The JSON types a payload field may have.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Ty {
     Str,
-    /// A string or a number (ids DECNET passes through `str()`).
+    /// A string id (or address), at most [`MAX_ID_BYTES`].
+    StrId,
+    /// A string or a number (ids DECNET passes through `str()`), at most [`MAX_ID_BYTES`].
     Id,
     Arr,
+    /// A number or a boolean (Python's `isinstance(x, (int, float))`).
+    Num,
+    /// An integer or a boolean (Python's `int`).
+    Int,
+    Bool,
 }
 
 /// Fields the graph reads, with the types they must have when present (null is always allowed).
 const FIELD_TYPES: &[(&str, Ty)] = &[
-    ("attacker_ip", Ty::Str),
-    ("src_ip", Ty::Str),
-    ("attacker_uuid", Ty::Str),
-    ("identity_uuid", Ty::Str),
-    ("decky_id", Ty::Str),
+    ("attacker_ip", Ty::StrId),
+    ("src_ip", Ty::StrId),
+    ("attacker_uuid", Ty::StrId),
+    ("identity_uuid", Ty::StrId),
+    ("decky_id", Ty::StrId),
     ("session_id", Ty::Id),
     ("source_id", Ty::Id),
     ("token_id", Ty::Id),
@@ -93,6 +105,68 @@ const FIELD_TYPES: &[(&str, Ty)] = &[
     ("credential_id", Ty::Id),
     ("uuid", Ty::Id),
     ("commands", Ty::Arr),
+    // What the predicates, windows and intel providers read (`crate::predicates`,
+    // `crate::windows`, `crate::intel`): a wrong type is a dead letter, not an absent field.
+    ("username", Ty::Str),
+    ("password", Ty::Str),
+    ("result", Ty::Str),
+    ("service", Ty::Str),
+    ("subject", Ty::Str),
+    ("body_text", Ty::Str),
+    ("note_text", Ty::Str),
+    ("op_text", Ty::Str),
+    ("command_text", Ty::Str),
+    ("encoding", Ty::Str),
+    ("provider", Ty::Str),
+    ("addr", Ty::Str),
+    ("raw_url", Ty::Str),
+    ("request_path", Ty::Str),
+    ("matched_path", Ty::Str),
+    ("tftp_filename", Ty::Str),
+    ("matched_framework", Ty::Str),
+    ("aggregate_verdict", Ty::Str),
+    ("greynoise_classification", Ty::Str),
+    ("feodo_malware_family", Ty::Str),
+    ("beacon_interval_s", Ty::Num),
+    ("beacon_jitter_pct", Ty::Num),
+    ("bytes_out", Ty::Num),
+    ("bytes_read", Ty::Num),
+    ("abuseipdb_score", Ty::Num),
+    ("account_count", Ty::Int),
+    ("body_base64_bytes", Ty::Int),
+    ("fail_count", Ty::Int),
+    ("llmnr_poison_count", Ty::Int),
+    ("password_count", Ty::Int),
+    ("rcpt_count", Ty::Int),
+    ("request_count", Ty::Int),
+    ("reuse_count", Ty::Int),
+    ("rows_read", Ty::Int),
+    ("tz_mismatch_zones", Ty::Int),
+    ("dkim_signed", Ty::Bool),
+    ("spf_pass", Ty::Bool),
+    ("feodo_listed", Ty::Bool),
+    ("prior_brute", Ty::Bool),
+    ("xmailer_kit_match", Ty::Bool),
+    ("llmnr_poisoned", Ty::Bool),
+    ("attachment_macros", Ty::Bool),
+    ("attachment_password_protected", Ty::Bool),
+    ("html_smuggling", Ty::Bool),
+    ("mal_hash_match", Ty::Bool),
+    ("lang_country_mismatch", Ty::Bool),
+    ("navigator_webdriver", Ty::Bool),
+    ("platform_ua_inconsistent", Ty::Bool),
+    ("ua_webgl_mismatch", Ty::Bool),
+    ("webrtc_geo_mismatch", Ty::Bool),
+    ("attachment_extensions", Ty::Arr),
+    ("attachment_sha256s", Ty::Arr),
+    ("rcpt_domains", Ty::Arr),
+    ("urls", Ty::Arr),
+    ("providers", Ty::Arr),
+    ("abuseipdb_categories", Ty::Arr),
+    ("greynoise_tags", Ty::Arr),
+    ("threatfox_ioc_types", Ty::Arr),
+    ("threatfox_threat_types", Ty::Arr),
+    ("threatfox_malware_families", Ty::Arr),
 ];
 
 /// Command object fields and their types.
@@ -280,13 +354,13 @@ fn decode_event(pos: crate::record::Pos, topic: &str, value: Json) -> DecodeResu
         None if value.has("topic") => return Err((Reason::MissingField, "envelope has no \"payload\"".to_string())),
         None => value,
     };
-    check_fields(&payload, FIELD_TYPES, "")?;
+    check_fields(&payload, payload_fields(), "")?;
     if let Some(Json::Arr(commands)) = payload.get("commands") {
         for (idx, command) in commands.iter().enumerate() {
             match command {
                 Json::Str(_) => {}
                 Json::Obj(_) => {
-                    check_fields(command, COMMAND_FIELD_TYPES, &format!("commands[{idx}].", idx = idx))?;
+                    check_fields(command, command_fields(), &format!("commands[{idx}]."))?;
                     time_field(&format!("commands[{idx}].ts"), command.get("ts"))?;
                 }
                 other => return Err(wrong_type(&format!("commands[{idx}]"), other, "string or object")),
@@ -321,23 +395,54 @@ fn check_id(field: &str, value: &str) -> DecodeResult<()> {
     Ok(())
 }
 
+/// `fields` sorted by name, for lookups.
+fn sorted(fields: &'static [(&'static str, Ty)]) -> Vec<(&'static str, Ty)> {
+    let mut sorted = fields.to_vec();
+    sorted.sort_by_key(|(name, _)| *name);
+    sorted
+}
+
+fn payload_fields() -> &'static [(&'static str, Ty)] {
+    static SORTED: std::sync::OnceLock<Vec<(&'static str, Ty)>> = std::sync::OnceLock::new();
+    SORTED.get_or_init(|| sorted(FIELD_TYPES))
+}
+
+fn command_fields() -> &'static [(&'static str, Ty)] {
+    static SORTED: std::sync::OnceLock<Vec<(&'static str, Ty)>> = std::sync::OnceLock::new();
+    SORTED.get_or_init(|| sorted(COMMAND_FIELD_TYPES))
+}
+
+/// Checks every field of `object` that `fields` (sorted by name) types: one pass over the
+/// object, whatever the length of the list.
 fn check_fields(object: &Json, fields: &[(&str, Ty)], prefix: &str) -> DecodeResult<()> {
-    for (field, ty) in fields {
-        let Some(value) = object.get(field) else { continue };
-        if let (Ty::Id | Ty::Str, Json::Str(text) | Json::Num(text)) = (ty, value) {
-            if !matches!(*field, "command_text" | "text") {
+    let Json::Obj(members) = object else { return Ok(()) };
+    for (field, value) in members {
+        let Ok(at) = fields.binary_search_by(|(name, _)| (*name).cmp(field.as_str())) else { continue };
+        let ty = fields[at].1;
+        if let Json::Str(text) | Json::Num(text) = value {
+            if matches!(ty, Ty::Id | Ty::StrId) && text.len() > MAX_ID_BYTES {
                 check_id(&format!("{prefix}{field}"), text)?;
             }
         }
-        let ok = matches!(
-            (ty, value),
-            (_, Json::Null) | (Ty::Str, Json::Str(_)) | (Ty::Id, Json::Str(_) | Json::Num(_)) | (Ty::Arr, Json::Arr(_))
-        );
+        let ok = match (ty, value) {
+            (_, Json::Null)
+            | (Ty::Str | Ty::StrId, Json::Str(_))
+            | (Ty::Id, Json::Str(_) | Json::Num(_))
+            | (Ty::Arr, Json::Arr(_))
+            | (Ty::Num | Ty::Int, Json::Bool(_))
+            | (Ty::Num, Json::Num(_))
+            | (Ty::Bool, Json::Bool(_)) => true,
+            (Ty::Int, Json::Num(n)) => !n.contains(['.', 'e', 'E']),
+            _ => false,
+        };
         if !ok {
             let expected = match ty {
-                Ty::Str => "string",
+                Ty::Str | Ty::StrId => "string",
                 Ty::Id => "string or number",
                 Ty::Arr => "array",
+                Ty::Num => "number",
+                Ty::Int => "integer",
+                Ty::Bool => "boolean",
             };
             return Err(wrong_type(&format!("{prefix}{field}"), value, expected));
         }
@@ -393,7 +498,7 @@ fn decode_row(table: Table, key: &str, row: &Json) -> DecodeResult<TableRow> {
             Ok(TableRow::Other(row.clone()))
         }
         Table::Intel => {
-            check_fields(row, FIELD_TYPES, "")?;
+            check_fields(row, payload_fields(), "")?;
             Ok(TableRow::Other(row.clone()))
         }
     }
@@ -502,6 +607,31 @@ mod tests {
             text: Err(LineError::InvalidUtf8("invalid utf-8 at byte 3".into())),
         };
         assert!(matches!(decode(bad_utf8), Decoded::Dead(DeadLetter { reason: Reason::InvalidUtf8, .. })));
+    }
+
+    #[test]
+    fn fields_the_rules_read_must_have_their_types() {
+        let event = |payload: &str| format!(r#"{{"topic":"attacker.fingerprinted","type":"auth_attempt","payload":{payload}}}"#);
+        for bad in [
+            r#"{"fail_count":"6"}"#,
+            r#"{"fail_count":6.5}"#,
+            r#"{"password":["x"]}"#,
+            r#"{"spf_pass":"false"}"#,
+            r#"{"rcpt_domains":"a.example"}"#,
+            r#"{"beacon_interval_s":"60"}"#,
+        ] {
+            assert_eq!(reason(&event(bad)), Reason::WrongType, "{bad}");
+        }
+        for good in [r#"{"fail_count":6}"#, r#"{"fail_count":true}"#, r#"{"beacon_interval_s":60.5}"#, r#"{"spf_pass":null}"#]
+        {
+            assert!(matches!(decode(line(&event(good))), Decoded::Event(_)), "{good}");
+        }
+        let Decoded::Dead(letter) = decode(line(&event(r#"{"username":"u","fail_count":"6"}"#))) else { panic!() };
+        assert_eq!(letter.detail, "field \"fail_count\" is string, expected integer");
+        // The lists are sorted for lookups once, and hold each field once.
+        for list in [payload_fields(), command_fields()] {
+            assert!(list.windows(2).all(|w| w[0].0 < w[1].0), "{list:?}");
+        }
     }
 
     #[test]
