@@ -3,6 +3,7 @@
 mod artifacts;
 mod common;
 mod detection;
+mod fuzz;
 mod generate;
 mod kafka;
 mod pipeline;
