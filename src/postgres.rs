@@ -545,9 +545,8 @@ impl Sink {
             outbox: None,
             reset: false,
         };
-        let committed = with_retries(&self.url, &mut self.client, epoch, self.timeout, &|_| {}, |client| {
-            commit(client, &batch)
-        })?;
+        let committed =
+            with_retries(&self.url, &mut self.client, epoch, self.timeout, &|_| {}, |client| commit(client, &batch))?;
         self.rejected.extend(committed.rejected);
         Ok(committed.inserted)
     }
@@ -585,7 +584,12 @@ pub(crate) fn with_retries<T>(
         match result {
             Ok(value) => {
                 if let Some(since) = failed_since {
-                    tracing::info!(epoch, attempts = tries, waited_s = since.elapsed().as_secs_f64(), "postgres is back");
+                    tracing::info!(
+                        epoch,
+                        attempts = tries,
+                        waited_s = since.elapsed().as_secs_f64(),
+                        "postgres is back"
+                    );
                 }
                 return Ok(value);
             }

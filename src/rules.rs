@@ -20,8 +20,8 @@ use serde_yaml::Value;
 use ttpflow_dataflows::intel::IntelTables;
 use ttpflow_dataflows::json::Json;
 use ttpflow_dataflows::pyregex::PyRegex;
-use ttpflow_dataflows::secret::SecretKey;
 use ttpflow_dataflows::rules::{Emit, Matcher, Rule, RulePack, RuleState, StateMode};
+use ttpflow_dataflows::secret::SecretKey;
 use ttpflow_dataflows::time;
 
 /// One problem in a pack.

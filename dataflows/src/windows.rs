@@ -605,7 +605,12 @@ impl Plan {
             }
             Detection::CredentialReuse => {
                 let (username, password) = credential?;
-                (Group::Secret(secret_hash(self.pack.secret_key(), username, password)), Item::Name(attacker), true, true)
+                (
+                    Group::Secret(secret_hash(self.pack.secret_key(), username, password)),
+                    Item::Name(attacker),
+                    true,
+                    true,
+                )
             }
             Detection::MassPhish => return None,
         };

@@ -12,6 +12,19 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Whether data a test needs must be there (`TTPFLOW_REQUIRE_CONFORMANCE=1`): then its
+/// absence fails the test instead of skipping it.
+pub fn data_required() -> bool {
+    std::env::var("TTPFLOW_REQUIRE_CONFORMANCE").is_ok_and(|v| v == "1")
+}
+
+/// Skips (returns `None` after saying why) or, when the data is required, fails.
+pub fn missing<T>(what: &str, path: &Path) -> Option<T> {
+    assert!(!data_required(), "{what} needs {} (TTPFLOW_REQUIRE_CONFORMANCE=1)", path.display());
+    println!("skipping {what}: {} not found", path.display());
+    None
+}
+
 /// DECNET's conformance data (`TTPFLOW_CONFORMANCE_DIR`, else `../shared/conformance`),
 /// or `None` after printing why the caller skips.
 pub fn conformance(what: &str) -> Option<PathBuf> {
@@ -21,8 +34,7 @@ pub fn conformance(what: &str) -> Option<PathBuf> {
     if dir.join("decnet/rules").is_dir() {
         Some(dir)
     } else {
-        println!("skipping {what}: conformance data not found at {}", dir.display());
-        None
+        missing(what, &dir.join("decnet/rules"))
     }
 }
 

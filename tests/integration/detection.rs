@@ -28,8 +28,7 @@ fn detection_file() -> Option<PathBuf> {
     if file.is_file() {
         Some(file)
     } else {
-        println!("skipping the recall check: {} not found", file.display());
-        None
+        crate::common::missing("the recall check", &file)
     }
 }
 

@@ -34,7 +34,9 @@ fn templates() -> &'static [Value] {
         assert!(status.status.success());
         let mut per_shape: BTreeMap<String, usize> = BTreeMap::new();
         let mut out = Vec::new();
-        for file in [dir.path().join("tables.jsonl"), dir.path().join("events.jsonl"), root().join("examples/fleet.jsonl")] {
+        for file in
+            [dir.path().join("tables.jsonl"), dir.path().join("events.jsonl"), root().join("examples/fleet.jsonl")]
+        {
             let text = std::fs::read_to_string(&file).unwrap();
             // The example holds bad lines on purpose: only records are templates.
             for record in text.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()) {
@@ -78,10 +80,37 @@ fn json() -> impl Strategy<Value = Value> {
 
 /// Payload (or row) fields worth hitting besides the template's own.
 const FIELDS: &[&str] = &[
-    "attacker_uuid", "attacker_ip", "src_ip", "identity_uuid", "session_id", "decky_id", "commands", "ended_at",
-    "ts", "observed_at", "first_seen", "username", "password", "result", "rcpt_count", "rcpt_domains", "body_text",
-    "subject", "fail_count", "credential_hash", "attackers", "merged_into_uuid", "identity_id", "ip", "uuid",
-    "aggregate_verdict", "providers", "headers", "raw_url", "token_id", "tz_mismatch_zones",
+    "attacker_uuid",
+    "attacker_ip",
+    "src_ip",
+    "identity_uuid",
+    "session_id",
+    "decky_id",
+    "commands",
+    "ended_at",
+    "ts",
+    "observed_at",
+    "first_seen",
+    "username",
+    "password",
+    "result",
+    "rcpt_count",
+    "rcpt_domains",
+    "body_text",
+    "subject",
+    "fail_count",
+    "credential_hash",
+    "attackers",
+    "merged_into_uuid",
+    "identity_id",
+    "ip",
+    "uuid",
+    "aggregate_verdict",
+    "providers",
+    "headers",
+    "raw_url",
+    "token_id",
+    "tz_mismatch_zones",
 ];
 
 #[derive(Debug, Clone)]

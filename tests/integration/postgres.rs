@@ -496,18 +496,25 @@ fn a_tag_the_server_refuses_is_a_dead_letter_and_the_run_goes_on() {
         session("s-4"),
         session("s-5"),
     ];
-    let input = crate::common::write_input(dir.path(), "refused.jsonl", &lines.iter().map(String::as_str).collect::<Vec<_>>());
+    let input =
+        crate::common::write_input(dir.path(), "refused.jsonl", &lines.iter().map(String::as_str).collect::<Vec<_>>());
     let url = database("refused_rows");
     let mut admin = client(&url);
     ttpflow::postgres::migrate(&mut admin).expect("migrate");
     admin
-        .batch_execute("ALTER TABLE ttp_tag ADD CONSTRAINT site_no_poison CHECK (session_id IS DISTINCT FROM 's-poison')")
+        .batch_execute(
+            "ALTER TABLE ttp_tag ADD CONSTRAINT site_no_poison CHECK (session_id IS DISTINCT FROM 's-poison')",
+        )
         .unwrap();
     let PgRun { tags, dead_letters, .. } = run_pg(&rules, std::slice::from_ref(&input), 4, &url);
     assert_eq!(tags.len(), 5, "tags.jsonl has every tag");
     let stored: BTreeSet<String> =
         stored_tags(&url).values().map(|t| t["session_id"].as_str().unwrap().to_string()).collect();
-    assert_eq!(stored, ["s-1", "s-3", "s-4", "s-5"].map(String::from).into(), "the rest of the epoch and the next are stored");
+    assert_eq!(
+        stored,
+        ["s-1", "s-3", "s-4", "s-5"].map(String::from).into(),
+        "the rest of the epoch and the next are stored"
+    );
     assert_eq!(dead_letters.len(), 1, "{dead_letters:?}");
     let letter = &dead_letters[0];
     assert_eq!((letter["reason"].as_str(), letter["line"].as_i64()), (Some("sink_rejected"), Some(3)));
@@ -703,13 +710,15 @@ fn a_file_run_waits_out_an_outage_of_postgresql() {
         "N0001",
         "rule_id: N0001\nrule_version: 1\nname: os_release\napplies_to: [command]\nmatch: {pattern: 'os-release'}\nemits:\n  - {tactic: TA0007, technique_id: T1082, confidence: 0.6}\nevidence_fields: [command_text]\n",
     )]);
-    let mut lines = vec![r#"{"topic":"decnet.attackers","key":"a-1","value":{"uuid":"a-1","ip":"192.0.2.1"}}"#.to_string()];
+    let mut lines =
+        vec![r#"{"topic":"decnet.attackers","key":"a-1","value":{"uuid":"a-1","ip":"192.0.2.1"}}"#.to_string()];
     lines.extend((0..59).map(|i| {
         format!(
             r#"{{"topic":"attacker.session.ended","type":"session.ended","payload":{{"attacker_uuid":"a-1","session_id":"s-{i}","commands":["cat /etc/os-release"]}}}}"#
         )
     }));
-    let whole_input = crate::common::write_input(dir.path(), "outage.jsonl", &lines.iter().map(String::as_str).collect::<Vec<_>>());
+    let whole_input =
+        crate::common::write_input(dir.path(), "outage.jsonl", &lines.iter().map(String::as_str).collect::<Vec<_>>());
     let whole = database("outage_whole");
     let status = Command::new(env!("CARGO_BIN_EXE_ttpflow"))
         .args(["run", "--epoch-records", "10", "--input", "-"])

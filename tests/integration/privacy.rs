@@ -154,7 +154,8 @@ fn planted_secrets_reach_no_output_and_no_log_line() {
     let own: Vec<&Value> = tags.iter().filter(|t| t["rule_id"] == "TF9999").collect();
     let kinds: BTreeSet<&str> = own.iter().filter_map(|t| t["source_kind"].as_str()).collect();
     assert_eq!(kinds, BTreeSet::from(["auth_attempt", "command", "email", "http_request"]));
-    let scrubbed = |field: &str| own.iter().filter(|t| t["evidence"][field].to_string().contains("*@victim.example")).count();
+    let scrubbed =
+        |field: &str| own.iter().filter(|t| t["evidence"][field].to_string().contains("*@victim.example")).count();
     assert!(scrubbed("command_text") > 100 && scrubbed("mail_from") > 100 && scrubbed("rcpt_to") > 100);
     assert!(own.iter().all(|t| !t["evidence"].as_object().unwrap().contains_key("password")));
     let headers = own.iter().find_map(|t| t["evidence"]["headers"].as_object()).expect("headers as evidence");
