@@ -638,6 +638,16 @@ pub struct StreamSink {
     on_retry: Box<dyn Fn(&PostgresError) + Send>,
 }
 
+/// What a Kafka job's commit did.
+pub struct StreamCommitted {
+    /// The messages to publish now.
+    pub messages: Vec<Message>,
+    /// The outbox id to report to [`StreamSink::published`] once they are delivered.
+    pub last: Option<i64>,
+    /// The dead letters of the tags the server refused.
+    pub refused: Vec<DeadLetter>,
+}
+
 impl StreamSink {
     /// Connects and applies the migrations.
     pub fn open(
@@ -689,9 +699,7 @@ impl StreamSink {
         self.stats
     }
 
-    /// Commits one or more complete epochs at once; returns the messages to publish now,
-    /// the outbox id to report to [`StreamSink::published`] once they are delivered, and
-    /// the dead letters of the tags the server refused.
+    /// Commits one or more complete epochs at once.
     pub fn commit(
         &mut self,
         epoch: u64,
@@ -699,7 +707,7 @@ impl StreamSink {
         tags: &[Tag],
         rollups: Vec<(RollupRow, Diff)>,
         compose: Option<Compose<'_>>,
-    ) -> Result<(Vec<Message>, Option<i64>, Vec<DeadLetter>), PostgresError> {
+    ) -> Result<StreamCommitted, PostgresError> {
         let started = Instant::now();
         let rollups = net_rollups(epoch, rollups)?;
         let clear = self.published_through.take();
@@ -728,7 +736,7 @@ impl StreamSink {
         let upserted = rollups.iter().filter(|c| matches!(c, RollupChange::Upsert(_))).count() as u64;
         self.stats.rollups_upserted += upserted;
         self.stats.rollups_deleted += rollups.len() as u64 - upserted;
-        Ok((committed.messages, committed.outbox_last, committed.rejected))
+        Ok(StreamCommitted { messages: committed.messages, last: committed.outbox_last, refused: committed.rejected })
     }
 
     /// The outbox messages up to `last` are delivered: they are cleared with the next

@@ -424,7 +424,7 @@ impl Committer {
         let outbox: Option<crate::postgres::Compose<'_>> = publish.then_some(&compose_rollups);
         let (started, inserted) = (Instant::now(), self.sink.stats().rows_inserted);
         match self.sink.commit(epoch, &positions, &tags, rollups, outbox) {
-            Ok((messages, last, refused)) => {
+            Ok(crate::postgres::StreamCommitted { messages, last, refused }) => {
                 self.metrics.observe_commit(started.elapsed());
                 if let Some(oldest) = oldest.filter(|ms| *ms > 0) {
                     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);

@@ -3,12 +3,19 @@
 //! Input: anchored events and the table upserts. An intel row is a `decnet.attacker_intel`
 //! record (key = attacker uuid, a tombstone deletes it) or an `attacker.intel.enriched`
 //! event (the attacker's latest row, by its `attacker_uuid`). Output: the intel tags of
-//! every attacker's latest row, and the R0058 bump state of every attacker whose latest
-//! row has an aggregate verdict of `malicious`.
+//! every row, as it arrives (insertions only), and the R0058 bump state of every attacker
+//! whose latest row (by input position) has an aggregate verdict of `malicious`.
+//!
+//! "The tags of the attacker's latest row" (DESIGN §2.4) is read on record order: every row
+//! is the latest at its own position, so every row yields its tags, whether or not a later
+//! row replaces it in the same epoch (a row that said `malicious` for a minute was seen, as
+//! DECNET's worker tags each enriched event it reads), and which rows yield tags does not
+//! depend on how the input is cut into epochs. The store keeps the earliest row's tag of
+//! each uuid.
 //!
 //! Arrangements: the intel rows, judged, as an upsert arrangement keyed by attacker uuid
-//! (ties within an epoch go to the later record). State: per attacker, the tags and bump
-//! of its latest row.
+//! (ties within an epoch go to the later record), for the bumps. State: per attacker, the
+//! judgement of its latest row.
 //!
 //! Swaps ([`crate::schedule`]): a row is judged by the pack in effect at the epoch in which
 //! it arrives, once, and the arrangement keeps the judgement, so its tags and bump retract
@@ -20,8 +27,7 @@
 //! Intel tags are a function of the row alone: `source_kind` `intel`, `source_id` the
 //! attacker uuid (DECNET's `attacker.intel.enriched` path), so the same tags come out
 //! whether the row, the enriched event or the attacker's sessions arrive first, and
-//! there are no per-session copies (DECNET's `intel-catchup:<session>` rows). When a row
-//! changes, its tags change with it; the store keeps the first row of each uuid.
+//! there are no per-session copies (DECNET's `intel-catchup:<session>` rows).
 //!
 //! The provider rules (`lifter:intel_abuseipdb|greynoise|feodo|threatfox`) decide which
 //! of their `emits` fire from the provider mapping tables ([`IntelTables`], read as data
@@ -33,8 +39,10 @@ use std::sync::Arc;
 
 use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use differential_dataflow::AsCollection;
 use timely::dataflow::operators::core::Concat;
 use timely::dataflow::operators::vec::Map;
+use timely::dataflow::StreamVec;
 
 use crate::json::Json;
 use crate::predicates::Extra;
@@ -329,9 +337,18 @@ impl<'s> Intel<'s> {
 
 /// The stage.
 pub fn stage<'s>(events: Coll<'s, Event>, tables: Coll<'s, TableUpdate>, packs: PackSchedule) -> Intel<'s> {
-    let latest = latest_judged(events, tables, packs);
-    let bumps = latest.clone().flat_map(|(attacker, judged)| judged.bump.map(|bump| (attacker, bump)));
-    let tags = latest.flat_map(|(_, judged)| judged.tags);
+    let upserts = judged_upserts(events, tables, packs);
+    // Every row yields its own tags as it arrives, and they are never taken back: which
+    // rows yield tags must not depend on which of them share an epoch.
+    let tags = upserts
+        .clone()
+        .flat_map(|(_, value, time): Upsert| {
+            let tags = value.and_then(|(_, judged)| judged).map(|judged| judged.tags).unwrap_or_default();
+            tags.into_iter().map(move |tag| (tag, time, 1))
+        })
+        .as_collection();
+    let latest = latest_judged(upserts);
+    let bumps = latest.flat_map(|(attacker, judged)| judged.bump.map(|bump| (attacker, bump)));
     Intel { tags, bumps }
 }
 
@@ -355,18 +372,21 @@ type RowUpsert = (String, (Pos, Option<IntelRow>), Time);
 /// The upsert of the row's judgement, as the arrangement takes it.
 type Upsert = (String, Option<(Pos, Option<Judged>)>, Time);
 
-/// Attacker uuid → the judgement of its latest intel row.
-fn latest_judged<'s>(
+/// Every intel row (and tombstone) as an upsert, judged once by the pack of its epoch.
+fn judged_upserts<'s>(
     events: Coll<'s, Event>,
     tables: Coll<'s, TableUpdate>,
     packs: PackSchedule,
-) -> Coll<'s, (String, Judged)> {
+) -> StreamVec<'s, Time, Upsert> {
     let from_tables =
         tables.inner.flat_map(|(update, time, diff): (TableUpdate, Time, Diff)| table_upsert(update, time, diff));
     let from_events = events.inner.flat_map(|(event, time, diff): (Event, Time, Diff)| event_upsert(event, time, diff));
-    // Judged before the arrangement, once per row, by the pack of the row's epoch.
     let mut packs = packs.packs();
-    let upserts = from_tables.concat(from_events).map(move |upsert: RowUpsert| judge(packs.pack(upsert.2), upsert));
+    from_tables.concat(from_events).map(move |upsert: RowUpsert| judge(packs.pack(upsert.2), upsert))
+}
+
+/// Attacker uuid → the judgement of its latest intel row.
+fn latest_judged<'s>(upserts: StreamVec<'s, Time, Upsert>) -> Coll<'s, (String, Judged)> {
     // As for the attackers table: leading with the position makes the greatest value of
     // an epoch its latest record, and a tombstone stays a value.
     let upserts = crate::latest::newer_only(upserts, "intel rows");
@@ -489,7 +509,7 @@ mod tests {
     /// another verdict, and one for `b` (no table row yet). Epoch 2: `a`'s row is deleted;
     /// `b`'s table row arrives with the same content as its event.
     #[test]
-    fn tags_follow_each_attackers_latest_row_whichever_arrives_first() {
+    fn every_row_yields_its_tags_and_bumps_follow_the_latest_row() {
         use differential_dataflow::input::Input;
         use std::sync::Mutex;
         type Captured<D> = Arc<Mutex<Vec<(D, Time, Diff)>>>;
@@ -563,9 +583,11 @@ mod tests {
             "0.7",
             r#"{"abuseipdb_score":100,"abuseipdb_categories":[18],"abuse_confidence_score":100}"#,
         );
-        let mut want = vec![(a0.clone(), 0, 1), (a0, 1, -1), (a1.clone(), 1, 1), (a1, 2, -1), (b1, 1, 1)];
+        // Every row yields its tags and none is taken back when a later row replaces it;
+        // `b`'s table row repeats its event's content, and so its tag (the store keeps the
+        // first).
+        let mut want = vec![(a0, 0, 1), (a1, 1, 1), (b1.clone(), 1, 1), (b1, 2, 1)];
         want.sort();
-        // `b`'s table row repeats its event's content: its tag neither retracts nor repeats.
         assert_eq!(tags, want);
         let mut bumps = bumps.lock().unwrap().clone();
         differential_dataflow::consolidation::consolidate_updates(&mut bumps);
@@ -574,9 +596,9 @@ mod tests {
     }
 
     /// Pack A from epoch 0 (the provider rule and the bump); pack B from epoch 1: the
-    /// provider rule at another confidence, no bump rule. `a`'s row of epoch 0 keeps A's
-    /// judgement until `a`'s next row (epoch 2), whose judgement is B's; `b`'s row of
-    /// epoch 1 is B's from the start.
+    /// provider rule at another confidence, no bump rule. `a`'s row of epoch 0 is judged
+    /// by A (and its bump lasts until `a`'s next row, epoch 2), that next row by B; `b`'s
+    /// row of epoch 1 by B.
     #[test]
     fn a_row_keeps_the_judgement_of_its_epoch_until_it_changes() {
         use differential_dataflow::input::Input;
@@ -626,10 +648,9 @@ mod tests {
         let mut tags = tags.lock().unwrap().clone();
         differential_dataflow::consolidation::consolidate_updates(&mut tags);
         let tag = |source: &str, confidence: &str| (source.to_string(), "T1110".to_string(), confidence.to_string());
-        let mut want =
-            vec![(tag("a", "0.7"), 0, 1), (tag("a", "0.7"), 2, -1), (tag("a", "0.4"), 2, 1), (tag("b", "0.5"), 1, 1)];
+        let mut want = vec![(tag("a", "0.7"), 0, 1), (tag("a", "0.4"), 2, 1), (tag("b", "0.5"), 1, 1)];
         want.sort();
-        assert_eq!(tags, want, "the retraction at epoch 2 is of A's tag, as it was made");
+        assert_eq!(tags, want, "each row is judged by the pack of its epoch");
         let mut bumps = bumps.lock().unwrap().clone();
         differential_dataflow::consolidation::consolidate_updates(&mut bumps);
         assert_eq!(bumps, [("a".to_string(), 0, 1), ("a".to_string(), 2, -1)], "B has no bump rule");

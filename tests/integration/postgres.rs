@@ -770,7 +770,6 @@ fn a_file_run_waits_out_an_outage_of_postgresql() {
     assert!(child.try_wait().unwrap().is_none(), "the run waits: {}", std::fs::read_to_string(&log).unwrap());
     private.start();
     feed(&lines[40..]);
-    drop(feed);
     drop(stdin);
     let status = child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
