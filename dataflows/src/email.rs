@@ -9,7 +9,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::json::Json;
-use crate::predicates::Extra;
+use crate::record::Extra;
 
 /// The base evidence of an email tag.
 pub fn base_evidence(payload: &Json) -> Extra {

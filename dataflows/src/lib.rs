@@ -39,6 +39,7 @@ pub mod json;
 pub mod latest;
 pub mod predicates;
 pub mod privacy;
+pub mod providers;
 pub mod pyregex;
 pub mod record;
 pub mod rollup;

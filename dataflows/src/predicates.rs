@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use crate::email;
-use crate::intel::Provider;
 use crate::json::Json;
+use crate::providers::Provider;
 use crate::pyregex::PyRegex;
 
 /// A compiled structured predicate.
@@ -160,8 +160,7 @@ const MASQUERADE_SIGNALS: &[&str] = &["from_returnpath_mismatch", "from_mailfrom
 const ATTACHMENT_TRIGGERS: &[&str] =
     &["office_macro", "protected_archive", "html_smuggling", "mal_hash_match", "lnk", "iso", "img"];
 
-/// Extra evidence of a fire, merged over the rule's evidence fields.
-pub type Extra = Vec<(String, Json)>;
+pub use crate::record::Extra;
 
 /// Reads the parameters of one `match` mapping.
 struct Params<'a>(&'a Json);

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::json::Json;
 
+/// Evidence fields a predicate or detection adds to a tag, merged over the rule's evidence
+/// fields.
+pub type Extra = Vec<(String, Json)>;
+
 /// Where a record came from: its record time, the input (file or topic partition) and the
 /// offset in it. The derived order is the order of the records: for files, the order in
 /// which they were read (their time is 0); on Kafka, the record timestamps, then topic,

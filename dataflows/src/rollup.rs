@@ -81,7 +81,7 @@
 //! letters: only tags of closed sessions; every tag has a fleet row.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
 use differential_dataflow::AsCollection;
@@ -95,7 +95,7 @@ use timely::dataflow::operators::Capability;
 
 use crate::fasthash::{IdHasher, IdMap};
 use crate::identity::References;
-use crate::intel::Bump;
+use crate::providers::Bump;
 use crate::record::{Confidence, DeadLetter, Pos, Reason, Tag};
 use crate::time::earliest;
 use crate::types::{Coll, Diff, Time};
@@ -773,22 +773,18 @@ struct Rollups {
     horizon: i64,
     /// Open session keys by [`due_bucket`] of their activity when last looked at.
     due: BTreeMap<i64, Vec<Key>>,
-    /// The session keys closed lately, as [`closed_hash`]es: those closed since the limit
-    /// last passed `rotate_at`, and those closed in the horizon before. A tag of one of
-    /// them is a dead letter rather than the start of a new row that would stand for the
-    /// whole session.
-    closed: [HashSet<u64, BuildHasherDefault<IdHasher>>; 2],
+    /// The session keys closed lately, by technique, the sessions by name (their ids are
+    /// released when they close): those closed since the limit last passed `rotate_at`, and
+    /// those closed in the horizon before. A tag of one of them is a dead letter rather
+    /// than the start of a new row that would stand for the whole session. Names, not
+    /// hashes of them: a collision would turn a live session's tags into dead letters.
+    closed: [ClosedSessions; 2],
     rotate_at: i64,
     emission: Emission,
 }
 
-/// A session key's entry in [`Rollups::closed`]: a hash of the session and technique.
-fn closed_hash(session: &str, technique: Id) -> u64 {
-    let mut hasher = IdHasher::default();
-    session.hash(&mut hasher);
-    technique.hash(&mut hasher);
-    hasher.finish()
-}
+/// Closed session keys: technique → session names.
+type ClosedSessions = HashMap<Id, HashSet<Box<str>>, BuildHasherDefault<IdHasher>>;
 
 impl Rollups {
     fn new(horizon: i64, emission: Emission) -> Rollups {
@@ -916,7 +912,8 @@ impl Rollups {
                 // (Gone already if emitting found it without members.)
                 let Some(state) = self.keys.remove(&key) else { continue };
                 let session = key.scope.expect("a session key has its session");
-                self.closed[0].insert(closed_hash(self.sessions.name(session), key.technique));
+                let name: Box<str> = self.sessions.name(session).into();
+                self.closed[0].entry(key.technique).or_default().insert(name);
                 for member in &state.members {
                     if let Some(anchor) = self.anchors.get_mut(member) {
                         anchor.sources.remove(&(Some(session), key.technique));
@@ -942,7 +939,7 @@ impl Rollups {
         {
             return open;
         }
-        if !self.closed.iter().any(|set| set.contains(&closed_hash(name, technique))) {
+        if !self.closed.iter().any(|closed| closed.get(&technique).is_some_and(|names| names.contains(name))) {
             return Some(self.sessions.id(name));
         }
         let at = counted.observed_at.map_or_else(|| "no event time".to_string(), crate::time::format_rfc3339);

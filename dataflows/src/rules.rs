@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::intel::{self, IntelRow, IntelTables};
 use crate::json::Json;
 use crate::predicates::{Extra, Predicate};
+use crate::providers::{self as intel, IntelRow, IntelTables};
 use crate::pyregex::{PyRegex, Search};
 use crate::record::{Confidence, Subject, Tag};
 use crate::secret::SecretKey;

@@ -99,7 +99,7 @@ use timely::dataflow::operators::vec::{Filter, Map};
 
 use crate::email;
 use crate::json::Json;
-use crate::predicates::Extra;
+use crate::record::Extra;
 use crate::record::{Subject, Table, TableRow, TableUpdate, Tag};
 use crate::rules::{Matcher, RulePack, TagRule};
 use crate::schedule::PackSchedule;
