@@ -216,7 +216,6 @@ pub struct Source {
     consumer: BaseConsumer<Observed>,
     /// Partition number by (topic, partition), for the partitions of this worker.
     numbers: BTreeMap<(String, i32), u32>,
-    group_commits: bool,
 }
 
 impl Source {
@@ -240,7 +239,7 @@ impl Source {
             numbers.insert((p.topic.clone(), p.partition), *number);
         }
         consumer.assign(&list).map_err(KafkaError::Assign)?;
-        Ok(Source { consumer, numbers, group_commits: config.commit_group_offsets })
+        Ok(Source { consumer, numbers })
     }
 
     /// The next record, if one is there within `timeout`.
@@ -273,11 +272,29 @@ impl Source {
         let pos = Pos { ts, input: number, offset: message.offset().max(0) as u64 };
         Some(record_line(pos, message.topic(), message.key(), message.payload()))
     }
+}
 
-    /// Commits the group offsets of this worker's partitions, for lag monitors only: the
-    /// job's own positions are those stored with its output.
-    pub fn commit_informational(&self, next: &[(String, i32, u64)]) {
-        if !self.group_commits || next.is_empty() {
+/// The consumer group's offsets, committed for lag monitors only (`commit_group_offsets`):
+/// the job's own positions are those stored with its output. The committer commits, after
+/// each database commit, the positions that commit stored, for every partition of the job
+/// (whichever process read it).
+pub struct GroupOffsets {
+    consumer: BaseConsumer,
+}
+
+impl GroupOffsets {
+    /// The committer of the configured group, or `None` when `commit_group_offsets` is off.
+    pub fn new(config: &KafkaConfig) -> Result<Option<GroupOffsets>, KafkaError> {
+        if !config.commit_group_offsets {
+            return Ok(None);
+        }
+        let consumer: BaseConsumer = consumer_config(config).create().map_err(KafkaError::Config)?;
+        Ok(Some(GroupOffsets { consumer }))
+    }
+
+    /// Commits `next` (topic, partition, next offset); a failure is logged and the job goes on.
+    pub fn commit(&self, next: &[(String, i32, u64)]) {
+        if next.is_empty() {
             return;
         }
         let mut list = TopicPartitionList::new();
@@ -286,8 +303,8 @@ impl Source {
                 return;
             }
         }
-        if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
-            tracing::debug!(error = %e, "informational offset commit failed");
+        if let Err(e) = self.consumer.commit(&list, CommitMode::Sync) {
+            tracing::warn!(error = %e, "informational group offset commit failed");
         }
     }
 }

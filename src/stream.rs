@@ -382,6 +382,8 @@ struct Committer {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     budget_warnings: BudgetWarnings,
+    /// Informational group offsets, when configured.
+    group: Option<kafka::GroupOffsets>,
     error: Option<PostgresError>,
 }
 
@@ -436,6 +438,11 @@ impl Committer {
                     self.budget_warnings.note(letter);
                 }
                 self.health.set_ok();
+                if let Some(group) = &self.group {
+                    let next: Vec<(String, i32, u64)> =
+                        positions.iter().map(|p| (p.input.clone(), p.partition, p.next_offset)).collect();
+                    group.commit(&next);
+                }
                 let committed = started.elapsed();
                 if let (Some(publisher), Some(last)) = (&self.publisher, last) {
                     publish_with_retries(publisher, &messages, &self.health);
@@ -513,6 +520,11 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
         let sink = shared.sink.lock().map_err(|_| StreamError::Workers("sink lock poisoned".into()))?.take();
         let publisher =
             shared.publisher.lock().map_err(|_| StreamError::Workers("publisher lock poisoned".into()))?.take();
+        // A replay does not move the group's offsets: lag monitors follow the running job.
+        let group = match (&sink, options.mode) {
+            (Some(_), Mode::Run) => kafka::GroupOffsets::new(&options.kafka)?,
+            _ => None,
+        };
         sink.map(|sink| {
             Rc::new(RefCell::new(Committer {
                 sink,
@@ -524,6 +536,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
                 metrics: Arc::clone(&shared.metrics),
                 health: Arc::clone(&shared.health),
                 budget_warnings: BudgetWarnings::default(),
+                group,
                 error: None,
             }))
         })

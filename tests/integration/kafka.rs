@@ -792,3 +792,44 @@ fn a_changed_pack_applies_from_the_next_epoch_a_broken_one_keeps_the_last_good_p
     // Tags stored before a change stay.
     assert_eq!(rules_fired(&url, 0), before);
 }
+
+/// With `commit_group_offsets` (the default), the consumer group's committed offsets are
+/// the positions the job stored, for lag monitors.
+#[test]
+fn the_group_offsets_follow_the_stored_positions() {
+    let records = small_corpus(3);
+    let cluster = cluster(&records);
+    produce(&cluster.brokers, &records);
+    let url = database("kafka_group_offsets");
+    let total = consumed(&records).len() as i64;
+    run_until_caught_up(&cluster.brokers, &url, &root().join("rules"), total, &[]);
+    let stored: Vec<(String, i32, i64)> = client(&url)
+        .query("SELECT input, partition, next_offset FROM ttp_progress WHERE job = 'kafka' ORDER BY 1, 2", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert!(!stored.is_empty());
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.brokers)
+        .set("group.id", "ttpflow")
+        .create()
+        .expect("consumer");
+    let mut list = TopicPartitionList::new();
+    for (topic, partition, _) in &stored {
+        list.add_partition(topic, *partition);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).expect("committed offsets");
+    let committed: Vec<(String, i32, i64)> = stored
+        .iter()
+        .map(|(topic, partition, _)| {
+            let offset = committed.find_partition(topic, *partition).map(|e| e.offset());
+            let offset = match offset {
+                Some(Offset::Offset(n)) => n,
+                other => panic!("{topic}/{partition}: no committed offset ({other:?})"),
+            };
+            (topic.clone(), *partition, offset)
+        })
+        .collect();
+    assert_eq!(committed, stored);
+}
