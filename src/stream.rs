@@ -209,8 +209,11 @@ pub fn run(options: StreamOptions) -> Result<StreamSummary, StreamError> {
         reset,
         options.config.sink_timeout(),
     )?;
-    let retry_health = Arc::clone(&health);
-    sink.on_retry(move |e| retry_health.set_unhealthy(format!("postgres: {e}; retrying")));
+    let (retry_health, retry_metrics) = (Arc::clone(&health), Arc::clone(&metrics));
+    sink.on_retry(move |e| {
+        retry_metrics.sink_retry(metrics::Sink::Postgres, 1);
+        retry_health.set_unhealthy(format!("postgres: {e}; retrying"));
+    });
     let plans = plan(&options, &mut sink)?;
     let publisher = match (options.mode, options.kafka.publish.enabled) {
         (Mode::Run, true) => Some(Publisher::new(&options.kafka)?),
@@ -603,6 +606,11 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<Wo
     loop {
         let stopping = options.stop.load(Ordering::Relaxed);
         if stopping || (replay && live && owned.iter().all(Reading::finished)) {
+            // Once per process, by whichever of its workers sees it first.
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if stopping && !SAID.swap(true, Ordering::Relaxed) {
+                tracing::info!("stop requested (SIGINT or SIGTERM): finishing the open epoch, then exiting");
+            }
             break;
         }
         let mut polled = 0;

@@ -833,3 +833,50 @@ fn the_group_offsets_follow_the_stored_positions() {
         .collect();
     assert_eq!(committed, stored);
 }
+
+/// A PostgreSQL outage in a Kafka job: `/healthz` answers 503 with the reason and
+/// `ttpflow_sink_retries_total{sink="postgres"}` counts the retries; once the server is
+/// back the job catches up and is healthy again.
+#[test]
+fn a_postgresql_outage_is_counted_and_reported_until_it_ends() {
+    let records = small_corpus(3);
+    let cluster = cluster(&records);
+    let private = crate::postgres::start_server("kafka-outage", true);
+    let url = {
+        let mut admin = ttpflow::postgres::connect(&private.url("postgres")).expect("connect to the private server");
+        admin.batch_execute("CREATE DATABASE outage").expect("create database");
+        private.url("outage")
+    };
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut command = ttpflow(&cluster.brokers, &url, &root().join("rules"), "run", &["--metrics-addr", &addr]);
+    command.env("TTPFLOW_LOG", "warn,ttpflow::stream=info,ttpflow::postgres=info");
+    let mut job = Job::start(command);
+    private.stop();
+    produce(&cluster.brokers, &records);
+    let retries = "ttpflow_sink_retries_total{sink=\"postgres\"}";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (health, scrape) = loop {
+        let (status, health) = http_get(port, "/healthz");
+        let (_, scrape) = http_get(port, "/metrics");
+        if (status == 503 && sample(&scrape, retries).is_some_and(|n| n >= 2.0)) || Instant::now() > deadline {
+            break ((status, health), scrape);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(health.0, 503, "unhealthy while the database is down: {}", health.1);
+    assert!(health.1.contains("postgres"), "{}", health.1);
+    assert!(sample(&scrape, retries).is_some_and(|n| n >= 2.0), "{scrape}");
+    private.start();
+    wait_for_offsets(&url, "kafka", consumed(&records).len() as i64, &mut job.child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(port, "/healthz").0 != 200 {
+        assert!(Instant::now() < deadline, "healthy again once the database is back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::sync::Arc::clone(&job.stderr);
+    job.stop();
+    let stderr = log.lock().unwrap().clone();
+    assert!(stderr.contains("postgres is back"), "{stderr}");
+    assert!(stderr.contains("stop requested (SIGINT or SIGTERM)"), "the signal is logged: {stderr}");
+}

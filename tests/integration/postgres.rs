@@ -21,7 +21,7 @@ use crate::common::{self, read_jsonl, root};
 /// Where the servers of test binaries live, one directory per binary's process id.
 const BASE: &str = "/tmp/ttpflow-pg-tests";
 
-struct Server {
+pub(crate) struct Server {
     socket_dir: PathBuf,
     port: u16,
     /// `pg_ctl`, the data directory, the server's options and log, and whether it runs as
@@ -36,19 +36,19 @@ struct Server {
 }
 
 impl Server {
-    fn url(&self, db: &str) -> String {
+    pub(crate) fn url(&self, db: &str) -> String {
         format!("host={} port={} user=postgres dbname={db}", self.socket_dir.display(), self.port)
     }
 
     /// Stops the server at once, as a crash or an outage would.
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         run_checked(
             pg_command(&self.pg_ctl, &["-D", &self.data, "stop", "-m", "immediate", "-w"], self.as_postgres),
             "pg_ctl stop",
         );
     }
 
-    fn start(&self) {
+    pub(crate) fn start(&self) {
         run_checked(
             pg_command(
                 &self.pg_ctl,
@@ -109,7 +109,7 @@ fn stop_stale(pg_ctl: &Path, as_postgres: bool) {
 /// Starts a server of this test binary named `name` (`shared` for the one most tests use).
 /// A server that is to be crashed keeps `synchronous_commit` on, so that a commit it has
 /// acknowledged survives the crash (as in production); the others skip it, for speed.
-fn start_server(name: &str, crashed: bool) -> Server {
+pub(crate) fn start_server(name: &str, crashed: bool) -> Server {
     let bin = std::env::var_os("TTPFLOW_PG_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
