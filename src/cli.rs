@@ -451,8 +451,14 @@ fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
             pg.rows_per_second()
         )
     });
+    let reasons = if summary.dead_letter_reasons.is_empty() {
+        String::new()
+    } else {
+        let by_reason: Vec<String> = summary.dead_letter_reasons.iter().map(|(r, n)| format!("{r}:{n}")).collect();
+        format!(" dead_letter_reasons={}", by_reason.join(","))
+    };
     println!(
-        "records={} tags={} rollups={} dead_letters={}{artifacts}{postgres} elapsed_s={:.3} records_per_s={:.0}",
+        "records={} tags={} rollups={} dead_letters={}{reasons}{artifacts}{postgres} elapsed_s={:.3} records_per_s={:.0}",
         summary.records,
         summary.tags,
         summary.rollups,

@@ -59,6 +59,8 @@ pub struct Summary {
     pub records: u64,
     pub tags: u64,
     pub dead_letters: u64,
+    /// The dead letters by reason.
+    pub dead_letter_reasons: BTreeMap<String, u64>,
     /// Rollup rows in `rollups.jsonl`.
     pub rollups: u64,
     /// Emails whose stored body could not be read from the artifacts directory.
@@ -91,10 +93,25 @@ pub enum RunError {
     Workers(String),
 }
 
+/// `dead_letters.jsonl`, with the count of letters by reason.
+struct DeadLetterFile {
+    writer: JsonlWriter,
+    inputs: Vec<PathBuf>,
+    by_reason: BTreeMap<&'static str, u64>,
+}
+
+impl DeadLetterFile {
+    fn write(&mut self, dead: &DeadLetter) -> Result<(), FileError> {
+        *self.by_reason.entry(dead.reason.as_str()).or_default() += 1;
+        let inputs = &self.inputs;
+        self.writer.write_with(|line| dead_letter_json(dead, inputs, line))
+    }
+}
+
 /// The output files, owned by worker 0.
 struct Writers {
     tags: JsonlWriter,
-    dead_letters: JsonlWriter,
+    dead_letters: DeadLetterFile,
     rollups: JsonlWriter,
     /// The letters of records still unanchored when the input ended, written after every
     /// epoch's letters: the sinks finish in an order that depends on the workers.
@@ -144,6 +161,9 @@ pub fn run_files(options: RunOptions) -> Result<Summary, RunError> {
         summary.records += part.records;
         summary.tags += part.tags;
         summary.dead_letters += part.dead_letters;
+        for (reason, n) in part.dead_letter_reasons {
+            *summary.dead_letter_reasons.entry(reason).or_default() += n;
+        }
         summary.rollups += part.rollups;
         summary.artifacts_missing += part.artifacts_missing;
         summary.postgres = summary.postgres.or(part.postgres);
@@ -169,7 +189,11 @@ fn run_worker(
     let writers = match index {
         0 => Some(Rc::new(RefCell::new(Writers {
             tags: JsonlWriter::create(options.out.join("tags.jsonl"))?,
-            dead_letters: JsonlWriter::create(options.out.join("dead_letters.jsonl"))?,
+            dead_letters: DeadLetterFile {
+                writer: JsonlWriter::create(options.out.join("dead_letters.jsonl"))?,
+                inputs: options.inputs.clone(),
+                by_reason: BTreeMap::new(),
+            },
             rollups: JsonlWriter::create(options.out.join("rollups.jsonl"))?,
             unanchored: Vec::new(),
             error: None,
@@ -181,7 +205,6 @@ fn run_worker(
     }
     let probe = ProbeHandle::new();
     let packs = PackSchedule::fixed(Arc::clone(&options.pack));
-    let inputs = options.inputs.clone();
     let mut input = worker.dataflow::<Time, _, _>(|scope| {
         let (input, records) = scope.new_collection::<Line, Diff>();
         let records = records.inner.exchange(|(line, _, _): &(Line, Time, Diff)| line.pos.offset).as_collection();
@@ -195,10 +218,10 @@ fn run_worker(
             // epoch's tags and its rollup changes are in.
             let changes =
                 tags.clone().map(|tag| Commit::Tag(Box::new(tag))).concat(rollups.clone().map(Commit::Rollup));
-            commit_epochs(changes, committer.clone(), writers.clone(), inputs.clone());
+            commit_epochs(changes, committer.clone(), writers.clone());
         }
         write_tags(tags, writers.clone());
-        write_dead_letters(outputs.dead_letters.probe_with(&probe), writers.clone(), inputs.clone());
+        write_dead_letters(outputs.dead_letters.probe_with(&probe), writers.clone());
         write_unanchored(outputs.pending.probe_with(&probe), writers.clone());
         write_rollups(rollups, writers.clone());
         input
@@ -257,12 +280,14 @@ fn run_worker(
         return Err(e.into());
     }
     for dead in &unanchored {
-        dead_letters.write_with(|line| dead_letter_json(dead, &options.inputs, line))?;
+        dead_letters.write(dead)?;
     }
+    let dead_letter_reasons = dead_letters.by_reason.iter().map(|(r, n)| (r.to_string(), *n)).collect();
     Ok(Summary {
         records,
         tags: tags.finish()?,
-        dead_letters: dead_letters.finish()?,
+        dead_letters: dead_letters.writer.finish()?,
+        dead_letter_reasons,
         rollups: rollups.finish()?,
         artifacts_missing,
         postgres,
@@ -335,7 +360,6 @@ fn commit_epochs(
     changes: Coll<'_, Commit>,
     committer: Option<Rc<RefCell<Committer>>>,
     writers: Option<Rc<RefCell<Writers>>>,
-    inputs: Vec<PathBuf>,
 ) {
     let mut stash: BTreeMap<Time, EpochChanges> = BTreeMap::new();
     let mut finished = false;
@@ -365,11 +389,7 @@ fn commit_epochs(
                 committer.error = committer.sink.epoch(&end, &changes.tags, changes.rollups).err();
                 let refused = committer.sink.take_rejected();
                 if let (Some(w), false) = (&writers, refused.is_empty()) {
-                    w.borrow_mut().write(|w| {
-                        refused.iter().try_for_each(|dead| {
-                            w.dead_letters.write_with(|line| dead_letter_json(dead, &inputs, line))
-                        })
-                    });
+                    w.borrow_mut().write(|w| refused.iter().try_for_each(|dead| w.dead_letters.write(dead)));
                 }
             }
         }
@@ -401,11 +421,10 @@ fn write_tags(tags: Coll<'_, Tag>, writers: Option<Rc<RefCell<Writers>>>) {
 /// cycle is reported when the input leaves it in place, so they are written from the
 /// collection's final state (a cycle that one record closes and a later one breaks would
 /// otherwise be reported or not depending on whether the two share an epoch).
-fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Writers>>>, inputs: Vec<PathBuf>) {
+fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Writers>>>) {
     let mut warnings = BudgetWarnings::default();
     let cycles: Rc<RefCell<BTreeMap<DeadLetter, Diff>>> = Rc::default();
     let (collect, write_cycles) = (Rc::clone(&cycles), writers.clone());
-    let cycle_inputs = inputs.clone();
     on_worker_zero(
         dead,
         "write dead_letters.jsonl",
@@ -423,7 +442,7 @@ fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Wri
                         return Ok(());
                     }
                     warnings.note(dead);
-                    w.dead_letters.write_with(|line| dead_letter_json(dead, &inputs, line))
+                    w.dead_letters.write(dead)
                 })
             });
         },
@@ -431,9 +450,7 @@ fn write_dead_letters(dead: Coll<'_, DeadLetter>, writers: Option<Rc<RefCell<Wri
             let Some(w) = &write_cycles else { return };
             let cycles = std::mem::take(&mut *cycles.borrow_mut());
             w.borrow_mut().write(|w| {
-                cycles.iter().filter(|(_, count)| **count > 0).try_for_each(|(dead, _)| {
-                    w.dead_letters.write_with(|line| dead_letter_json(dead, &cycle_inputs, line))
-                })
+                cycles.iter().filter(|(_, count)| **count > 0).try_for_each(|(dead, _)| w.dead_letters.write(dead))
             });
         },
     );

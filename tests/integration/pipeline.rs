@@ -312,6 +312,15 @@ fn the_bundled_example_runs_from_the_command_line() {
     for t in ["T1003", "T1059", "T1105", "T1190", "T1595"] {
         assert!(techniques.contains(t), "example should show {t}: {techniques:?}");
     }
+    // The summary counts the dead letters by reason, as dead_letters.jsonl has them.
+    let (_, letters) = common::read_jsonl(&out_dir.path().join("dead_letters.jsonl"));
+    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    for letter in &letters {
+        *by_reason.entry(letter["reason"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    assert!(!by_reason.is_empty(), "the example holds bad lines on purpose");
+    let expected: Vec<String> = by_reason.iter().map(|(r, n)| format!("{r}:{n}")).collect();
+    assert!(stdout.contains(&format!(" dead_letter_reasons={} ", expected.join(","))), "{stdout}");
 }
 
 #[test]
