@@ -65,7 +65,7 @@
 //! job; its restart resumes from the last committed epoch.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -127,7 +127,11 @@ pub enum PostgresError {
     RuleVersion { uuid: String, version: i64 },
     #[error("input \"{0}\" is given twice; progress is stored per input name")]
     DuplicateInput(String),
-    #[error("stored progress names input \"{0}\", which this run does not read")]
+    #[error(
+        "stored progress names input \"{0}\", which this run does not read: give the inputs of the run that \
+         stored it (the same files, by any path), or start over with a fresh database (or delete the file job's \
+         rows: DELETE FROM ttp_progress WHERE job = 'embedded')"
+    )]
     ForeignInput(String),
     #[error(
         "stored progress ({stored}) is not on an epoch boundary of this run (--epoch-records {epoch_records}; \
@@ -234,6 +238,26 @@ pub fn migrate(client: &mut Client) -> Result<Vec<i32>, PostgresError> {
 pub struct StoredProgress {
     pub offsets: BTreeMap<String, u64>,
     pub epoch_records: Option<u64>,
+}
+
+/// The name under which a file input's progress is stored: its canonical path, so that a
+/// rerun that names the same file another way (relative, absolute, through a link) resumes;
+/// `-` (standard input) as it is.
+pub fn input_name(path: &Path) -> String {
+    if path == Path::new("-") {
+        return "-".to_string();
+    }
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
+
+/// Renames the file job's stored progress rows from each old input name to its new one.
+fn rename_inputs(client: &mut Client, renames: &[(String, String)]) -> Result<(), PostgresError> {
+    let mut tx = client.transaction().map_err(PostgresError::ReadProgress)?;
+    for (old, new) in renames {
+        tx.execute("UPDATE ttp_progress SET input = $1 WHERE job = $2 AND input = $3", &[new, &FILE_JOB, old])
+            .map_err(PostgresError::ReadProgress)?;
+    }
+    tx.commit().map_err(PostgresError::ReadProgress)
 }
 
 /// Reads the file job's stored progress (partition 0 of every input).
@@ -419,11 +443,11 @@ impl Sink {
     /// (named by their paths as given) in epochs of `epoch_records`.
     pub fn open(
         url: &str,
-        inputs: &[PathBuf],
+        paths: &[PathBuf],
         epoch_records: u64,
         timeout: Option<Duration>,
     ) -> Result<Sink, PostgresError> {
-        let inputs: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+        let inputs: Vec<String> = paths.iter().map(|p| input_name(p)).collect();
         let mut seen = BTreeSet::new();
         if let Some(twice) = inputs.iter().find(|name| !seen.insert(name.as_str())) {
             return Err(PostgresError::DuplicateInput(twice.clone()));
@@ -433,9 +457,29 @@ impl Sink {
         if !applied.is_empty() {
             tracing::info!(versions = ?applied, "applied migrations");
         }
-        let stored = with_retries(url, &mut client, 0, timeout, &|_| {}, read_progress)?;
-        if let Some(foreign) = stored.offsets.keys().find(|name| !inputs.contains(name)) {
-            return Err(PostgresError::ForeignInput(foreign.clone()));
+        let mut stored = with_retries(url, &mut client, 0, timeout, &|_| {}, read_progress)?;
+        // Progress stored under another name of one of this run's inputs (the path as an
+        // earlier run gave it) is renamed to the input's canonical name.
+        let renames: Vec<(String, String)> = stored
+            .offsets
+            .keys()
+            .filter(|name| !inputs.contains(name))
+            .map(|name| {
+                let same = paths.iter().zip(&inputs).find(|(path, canonical)| {
+                    path.display().to_string() == **name || input_name(Path::new(name)) == **canonical
+                });
+                same.map(|(_, canonical)| (name.clone(), canonical.clone()))
+                    .ok_or_else(|| PostgresError::ForeignInput(name.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+        if !renames.is_empty() {
+            with_retries(url, &mut client, 0, timeout, &|_| {}, |client| rename_inputs(client, &renames))?;
+            for (old, new) in &renames {
+                tracing::info!(old = %old, new = %new, "stored progress renamed to the input's canonical path");
+                if let Some(offset) = stored.offsets.remove(old) {
+                    stored.offsets.insert(new.clone(), offset);
+                }
+            }
         }
         let stored_ends = inputs.iter().map(|name| stored.offsets.get(name).copied().unwrap_or(0)).collect();
         let last_end = vec![0; inputs.len()];

@@ -363,7 +363,7 @@ fn line_counts(inputs: &[PathBuf]) -> BTreeMap<String, i64> {
         .iter()
         .map(|p| {
             let text = std::fs::read_to_string(p).unwrap();
-            (p.display().to_string(), text.lines().count() as i64)
+            (ttpflow::postgres::input_name(p), text.lines().count() as i64)
         })
         .collect()
 }
@@ -523,6 +523,65 @@ fn a_tag_the_server_refuses_is_a_dead_letter_and_the_run_goes_on() {
     assert_eq!(progress(&url), line_counts(std::slice::from_ref(&input)), "every record is committed");
 }
 
+/// Progress is stored under an input's canonical path: a rerun that names the same file
+/// another way resumes (progress a run stored under the literal path is renamed), and a
+/// run over other files is refused with what to do.
+#[test]
+fn a_rerun_naming_the_inputs_another_way_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = crate::common::write_pack(dir.path(), &[(
+        "N0001",
+        "rule_id: N0001\nrule_version: 1\nname: os_release\napplies_to: [command]\nmatch: {pattern: 'os-release'}\nemits:\n  - {tactic: TA0007, technique_id: T1082, confidence: 0.6}\nevidence_fields: [command_text]\n",
+    )]);
+    std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+    let lines = [
+        r#"{"topic":"decnet.attackers","key":"a-1","value":{"uuid":"a-1","ip":"192.0.2.1"}}"#,
+        r#"{"topic":"attacker.session.ended","type":"session.ended","payload":{"attacker_uuid":"a-1","session_id":"s-1","commands":["cat /etc/os-release"]}}"#,
+    ];
+    let input = crate::common::write_input(dir.path(), "events.jsonl", &lines);
+    let url = database("input_names");
+    let first = run_pg(&rules, std::slice::from_ref(&input), 1, &url);
+    let first = first.summary.postgres.unwrap();
+    assert!(first.epochs_committed > 0);
+    assert_eq!(progress(&url), line_counts(std::slice::from_ref(&input)));
+    // The same file through another path: everything is covered already.
+    let other = dir.path().join("sub/../events.jsonl");
+    let second = run_pg(&rules, std::slice::from_ref(&other), 1, &url);
+    let stats = second.summary.postgres.unwrap();
+    assert_eq!((stats.epochs_committed, stats.epochs_skipped), (0, first.epochs_committed), "the rerun resumes");
+    // Progress stored under a literal path (as runs before canonical names did) is renamed.
+    client(&url).execute("UPDATE ttp_progress SET input = $1", &[&other.display().to_string()]).unwrap();
+    let third = run_pg(&rules, std::slice::from_ref(&input), 1, &url);
+    assert_eq!(third.summary.postgres.unwrap().epochs_committed, 0);
+    assert_eq!(progress(&url), line_counts(std::slice::from_ref(&input)), "renamed to the canonical path");
+    // Another file: refused, saying what to do.
+    let elsewhere = crate::common::write_input(dir.path(), "other.jsonl", &lines);
+    let loaded = rules::load(&rules, &LoadOptions::default()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let refused = runtime::run_files(RunOptions {
+        inputs: vec![elsewhere],
+        out: out.path().to_path_buf(),
+        workers: 1,
+        epoch_records: 1,
+        pack: std::sync::Arc::new(loaded.pack),
+        artifacts_dir: None,
+        postgres: Some(url.clone()),
+        sink_timeout: None,
+        stage_times: None,
+    });
+    let error = refused.err().expect("refused");
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    assert!(
+        message.contains("events.jsonl") && message.contains("give the inputs of the run that stored it"),
+        "{message}"
+    );
+}
+
 #[test]
 fn migrations_apply_once() {
     let url = database("migrations");
@@ -604,7 +663,7 @@ fn a_second_run_commits_nothing_and_changes_no_row() {
     assert_same_rollups(&stored_rollups(&url), &rollups, name);
     // Progress that no epoch of 7 records ends at (as if left by a run with another epoch
     // size) is refused.
-    let first_input = inputs[0].display().to_string();
+    let first_input = ttpflow::postgres::input_name(&inputs[0]);
     let at: i64 = if line_counts(&inputs)[&first_input] >= 500 { 500 } else { 10 };
     let mut c = client(&url);
     c.execute(
