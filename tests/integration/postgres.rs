@@ -569,7 +569,7 @@ fn a_rerun_naming_the_inputs_another_way_resumes() {
         sink_timeout: None,
         stage_times: None,
     });
-    let error = refused.err().expect("refused");
+    let error = refused.expect_err("refused");
     let mut message = error.to_string();
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
