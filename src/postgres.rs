@@ -610,6 +610,8 @@ pub(crate) fn with_retries<T>(
     mut attempt: impl FnMut(&mut Client) -> Result<T, PostgresError>,
 ) -> Result<T, PostgresError> {
     let mut pause = Duration::from_millis(100);
+    // The timeout counts from the first attempt.
+    let started = Instant::now();
     let mut failed_since: Option<Instant> = None;
     let mut tries: u64 = 1;
     loop {
@@ -638,19 +640,21 @@ pub(crate) fn with_retries<T>(
                 return Ok(value);
             }
             Err(e) if e.is_transient() => {
-                let since = *failed_since.get_or_insert_with(Instant::now);
-                let waited = since.elapsed();
-                if timeout.is_some_and(|limit| waited + pause > limit) {
+                failed_since.get_or_insert_with(Instant::now);
+                let waited = started.elapsed();
+                let left = timeout.map(|limit| limit.saturating_sub(waited));
+                if left.is_some_and(|left| left.is_zero()) {
                     tracing::error!(epoch, attempts = tries, waited_s = waited.as_secs_f64(), error = %e, "postgres unavailable, giving up");
                     return Err(PostgresError::Unavailable { waited_s: waited.as_secs_f64(), source: Box::new(e) });
                 }
-                if tries == 1 {
-                    tracing::warn!(epoch, error = %e, "postgres unavailable, retrying until it is back");
+                // A warning at the first failure and about once a minute after it.
+                if tries == 1 || tries % 12 == 0 {
+                    tracing::warn!(epoch, attempt = tries, error = %e, "postgres unavailable, retrying until it is back");
                 } else {
                     tracing::debug!(epoch, attempt = tries, error = %e, "postgres still unavailable");
                 }
                 on_retry(&e);
-                std::thread::sleep(pause);
+                std::thread::sleep(left.map_or(pause, |left| pause.min(left)));
                 pause = (pause * 2).min(MAX_PAUSE);
                 tries += 1;
             }

@@ -80,16 +80,27 @@ fn create(path: &Path) -> Result<SecretKey, Created> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(Created::Io)?;
     }
+    // Written whole to a file of its own, then linked into place: a process that reads the
+    // key file finds it complete or absent, and of two that create it at once one wins and
+    // the other reads its key.
+    let mut tag = [0u8; 8];
+    getrandom::fill(&mut tag).map_err(|e| Created::Random(e.to_string()))?;
+    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    let staging = path.with_extension(format!("new.{}.{tag}", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = match options.open(path) {
-        Ok(file) => file,
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let written = options
+        .open(&staging)
+        .and_then(|mut file| writeln!(file, "{hex}").and_then(|()| file.sync_all()))
+        .and_then(|()| std::fs::hard_link(&staging, path));
+    let _ = std::fs::remove_file(&staging);
+    match written {
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Created::Exists),
         Err(e) => return Err(Created::Io(e)),
-    };
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    writeln!(file, "{hex}").and_then(|()| file.sync_all()).map_err(Created::Io)?;
+    }
     tracing::info!(file = %path.display(), "created a new hash key");
     Ok(SecretKey::new(bytes))
 }
@@ -123,5 +134,28 @@ mod tests {
         assert_eq!(parse("zz"), None);
         assert_eq!(parse(&"0g".repeat(32)), None);
         assert_eq!(parse(&format!(" {}\n", "ab".repeat(32))), Some(SecretKey::new([0xab; 32])));
+    }
+
+    #[test]
+    fn processes_that_create_the_key_at_once_get_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ttpflow/hash.key");
+        let keys: Vec<SecretKey> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| match create(&path) {
+                        Ok(key) => key,
+                        Err(Created::Exists) => parse(&std::fs::read_to_string(&path).unwrap()).expect("a whole key"),
+                        Err(Created::Io(e)) => panic!("{e}"),
+                        Err(Created::Random(e)) => panic!("{e}"),
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.windows(2).all(|w| w[0] == w[1]), "one key for all");
+        let left: Vec<_> =
+            std::fs::read_dir(path.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, ["hash.key"], "no staging file is left");
     }
 }

@@ -21,8 +21,13 @@ use crate::json::Json;
 pub const SECRET_FIELDS: &[&str] = &[
     "password",
     "passwd",
+    "passphrase",
     "new_password",
+    "old_password",
     "secret",
+    "client_secret",
+    "api_key",
+    "access_token",
     "private_key",
     "body",
     "body_text",
@@ -39,7 +44,7 @@ fn address() -> &'static Regex {
     static ADDRESS: OnceLock<Regex> = OnceLock::new();
     ADDRESS.get_or_init(|| {
         Regex::new(
-            r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@((?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63})\b",
+            r"[\p{L}\p{N}.!#$%&'*+/=?^_`{|}~-]+@((?:[\p{L}\p{N}](?:[\p{L}\p{N}-]*[\p{L}\p{N}])?\.)+\p{L}{2,63})\b",
         )
         .expect("the address pattern compiles")
     })
@@ -99,6 +104,7 @@ mod tests {
             ),
             r#"{"headers":{"Host":"h.example","Authorization":"*","COOKIE":"*"},"x":[{}]}"#
         );
+        assert_eq!(scrub_text("an jörg.müller@bücher.example").as_deref(), Some("an *@bücher.example"));
         for kept in ["ssh root@10.0.0.5", "echo ssh-rsa AAAA attacker@kali", "@reboot /tmp/.x", "a@b"] {
             assert_eq!(scrub_text(kept), None, "{kept}");
         }

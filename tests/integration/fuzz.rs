@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use serde_json::Value;
 use ttpflow::rules::{self, LoadOptions};
 use ttpflow::runtime::{self, RunOptions};
@@ -235,7 +235,18 @@ fn hostile_inputs_end_as_outputs_or_dead_letters_in_both_sinks() {
     let pack = Arc::new(loaded.pack);
     let cases: u32 = std::env::var("TTPFLOW_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(40);
     let templates = templates();
-    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    // A seed of its own each run (TTPFLOW_FUZZ_SEED repeats one), printed so that a failure
+    // can be run again.
+    let seed: u64 = std::env::var("TTPFLOW_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    println!("fuzz: seed {seed} (TTPFLOW_FUZZ_SEED={seed} repeats this run)");
+    let mut bytes = [0u8; 32];
+    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64).to_le_bytes());
+    }
+    let config = Config { cases, failure_persistence: None, ..Config::default() };
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
     let all: std::cell::RefCell<Vec<Vec<u8>>> = Default::default();
     let count = std::cell::Cell::new(0usize);
     runner
@@ -247,7 +258,7 @@ fn hostile_inputs_end_as_outputs_or_dead_letters_in_both_sinks() {
             all.borrow_mut().extend(lines);
             Ok(())
         })
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     let all = all.into_inner();
     println!("fuzz: {} cases, {} lines", count.get(), all.len());
 
